@@ -1,0 +1,64 @@
+"""The one error tree of minidumper. Each class carries its exit code.
+
+The exit codes are a contract with scripts: never renumber them.
+"""
+
+
+class ExitCode:
+    OK = 0
+    INTERNAL = 1
+    USAGE = 2
+    TARGET_NOT_FOUND = 3
+    ACCESS_DENIED = 4
+    NOT_DOTNET = 5
+    OUTPUT = 6
+    TARGET_EXITED = 7
+    INTERRUPTED = 130
+
+
+class MinidumperError(Exception):
+    """Root of every error minidumper reports on purpose."""
+
+    exit_code = ExitCode.INTERNAL
+
+
+class UsageError(MinidumperError):
+    exit_code = ExitCode.USAGE
+
+
+class TargetNotFoundError(MinidumperError):
+    """No such pid, or a process name that matches none or several processes."""
+
+    exit_code = ExitCode.TARGET_NOT_FOUND
+
+
+class AccessDeniedError(MinidumperError):
+    exit_code = ExitCode.ACCESS_DENIED
+
+
+class NotDotnetError(MinidumperError):
+    """The target has no CLR loaded, so heap and mini modes cannot read it."""
+
+    exit_code = ExitCode.NOT_DOTNET
+
+
+class OutputError(MinidumperError):
+    """The output path is unusable, or writing to it failed (disk full, ...)."""
+
+    exit_code = ExitCode.OUTPUT
+
+
+class TargetExitedError(MinidumperError):
+    exit_code = ExitCode.TARGET_EXITED
+
+
+class InterruptedDumpError(MinidumperError):
+    """Ctrl-C or SIGTERM arrived while dumping."""
+
+    exit_code = ExitCode.INTERRUPTED
+
+
+class RuntimeBridgeError(MinidumperError):
+    """The .NET side (hostfxr, pythonnet, ClrMD) could not be loaded or failed."""
+
+    exit_code = ExitCode.INTERNAL

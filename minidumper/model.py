@@ -1,0 +1,137 @@
+"""Plain records shared by the plan and the engines. Imports nothing of the project."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+PAGE_SIZE = 4096
+
+
+class DumpMode(enum.Enum):
+    MINI = "mini"
+    HEAP = "heap"
+    FULL = "full"
+
+
+class RangeKind(enum.Enum):
+    """Why a range is in the dump. The plan tags every range with one."""
+
+    MAPPING = "mapping"                # full mode: a whole readable mapping
+    STACK = "stack"
+    CODE_AROUND_IP = "code-around-ip"
+    MODULE_HEADER = "module-header"    # ELF header, PT_DYNAMIC, PT_NOTE, eh_frame pages
+    LINK_MAP = "link-map"              # r_debug and the dynamic linker's link_map chain
+    VDSO = "vdso"
+    RUNTIME_DATA = "runtime-data"      # libcoreclr's writable data and bss
+    PE_HEADER = "pe-header"            # first page of a managed assembly image
+    GC_HEAP = "gc-heap"
+    HANDLE_TABLE = "handle-table"
+    LOADER_HEAP = "loader-heap"
+    CODE_HEAP = "code-heap"            # JIT code heaps
+    STUB_HEAP = "stub-heap"            # stub and precode heaps
+    GC_BOOKKEEPING = "gc-bookkeeping"
+    DAC_READ = "dac-read"              # what the runtime's DAC read while ClrMD walked the process
+    DIAG_INFO = "diag-info"            # the synthetic page that tells readers where the runtime is
+
+
+@dataclass(frozen=True, order=True)
+class MemoryRange:
+    start: int
+    end: int
+    kind: RangeKind = field(default=RangeKind.MAPPING, compare=False)
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    def __post_init__(self) -> None:
+        if self.end < self.start:
+            raise ValueError(f"range end {self.end:#x} is before its start {self.start:#x}")
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """One line of /proc/PID/maps."""
+
+    start: int
+    end: int
+    perms: str          # e.g. "r-xp"
+    offset: int
+    inode: int
+    path: str           # "" for anonymous, "[stack]", "/usr/lib/x.so", ...
+
+    @property
+    def readable(self) -> bool:
+        return self.perms[0] == "r"
+
+    @property
+    def writable(self) -> bool:
+        return self.perms[1] == "w"
+
+    @property
+    def executable(self) -> bool:
+        return self.perms[2] == "x"
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    @property
+    def is_file(self) -> bool:
+        return self.path.startswith("/") and self.inode != 0
+
+
+@dataclass(frozen=True)
+class ThreadState:
+    """One paused thread: raw register sets as the kernel gave them (x86-64 layouts)."""
+
+    tid: int
+    name: str
+    prstatus_regs: bytes          # user_regs_struct
+    fpregs: bytes                 # user_fpregs_struct (NT_FPREGSET)
+    xstate: bytes | None          # NT_X86_XSTATE, where present
+    pending_signal: int = 0       # delivered again when the thread resumes
+    instruction_pointer: int = 0
+    stack_pointer: int = 0
+
+
+@dataclass(frozen=True)
+class ProcessSnapshot:
+    """What the engine gathered while the target was paused."""
+
+    pid: int
+    name: str
+    cmdline: list[str]
+    uid: int
+    gid: int
+    ppid: int
+    threads: list[ThreadState]
+    mappings: list[Mapping]
+    auxv: bytes
+
+
+@dataclass(frozen=True)
+class ClrRuntimeInfo:
+    """What the plan needs to know about the CLR, from the bridge."""
+
+    runtime_base: int            # load address of libcoreclr
+    version: str
+    ranges: list[tuple[int, int, str]]   # (start, end, ClrMD kind name), see clrmd_bridge
+
+
+@dataclass(frozen=True)
+class DumpPlan:
+    mode: DumpMode
+    ranges: list[MemoryRange]          # sorted, page-aligned, non-overlapping
+    diag_info: bytes | None = None     # contents of the synthetic diag-info page, if any
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(r.size for r in self.ranges)
+
+    def bytes_by_kind(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for r in self.ranges:
+            totals[r.kind.value] = totals.get(r.kind.value, 0) + r.size
+        return totals
