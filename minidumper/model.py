@@ -106,25 +106,29 @@ class ProcessSnapshot:
     uid: int
     gid: int
     ppid: int
+    pgrp: int
+    sid: int
+    state: str
+    nice: int
     threads: list[ThreadState]
     mappings: list[Mapping]
     auxv: bytes
 
 
 @dataclass(frozen=True)
-class ClrRuntimeInfo:
-    """What the plan needs to know about the CLR, from the bridge."""
+class SyntheticRange:
+    """Memory that is not in the target but written into the dump, for readers to find."""
 
-    runtime_base: int            # load address of libcoreclr
-    version: str
-    ranges: list[tuple[int, int, str]]   # (start, end, ClrMD kind name), see clrmd_bridge
+    address: int
+    contents: bytes
+    kind: RangeKind
 
 
 @dataclass(frozen=True)
 class DumpPlan:
     mode: DumpMode
     ranges: list[MemoryRange]          # sorted, page-aligned, non-overlapping
-    diag_info: bytes | None = None     # contents of the synthetic diag-info page, if any
+    synthetic: list[SyntheticRange] = field(default_factory=list)
 
     @property
     def total_bytes(self) -> int:
@@ -134,4 +138,6 @@ class DumpPlan:
         totals: dict[str, int] = {}
         for r in self.ranges:
             totals[r.kind.value] = totals.get(r.kind.value, 0) + r.size
+        for page in self.synthetic:
+            totals[page.kind.value] = totals.get(page.kind.value, 0) + len(page.contents)
         return totals

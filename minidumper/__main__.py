@@ -1,0 +1,3 @@
+from minidumper.cli import main
+
+main()

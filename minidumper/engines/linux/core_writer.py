@@ -1,0 +1,171 @@
+"""Writes an ELF core: header, program headers and notes up front, then the memory.
+
+Which pages of a range can really be read is known only while reading, so the header area is
+reserved up front with room for the segments that holes may add; it is filled in at the end.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from minidumper.engines.linux import elf
+from minidumper.model import PAGE_SIZE, DumpPlan, Mapping, ProcessSnapshot
+
+PIECE = tuple[int, memoryview]
+
+
+class OutputSink(Protocol):
+    def write(self, data: bytes | memoryview) -> None: ...
+    def write_at(self, data: bytes, offset: int) -> None: ...
+    def seek(self, offset: int) -> None: ...
+
+
+@dataclass
+class LoadSegment:
+    vaddr: int
+    offset: int
+    size: int
+    flags: int
+
+
+def _align_up(value: int, alignment: int = PAGE_SIZE) -> int:
+    return (value + alignment - 1) // alignment * alignment
+
+
+def mapping_flags(mapping: Mapping) -> int:
+    return ((elf.PF_R if mapping.readable else 0) | (elf.PF_W if mapping.writable else 0)
+            | (elf.PF_X if mapping.executable else 0))
+
+
+class _FlagsByAddress:
+    """The ELF flags of the mapping that holds an address, and where that mapping ends."""
+
+    def __init__(self, mappings: list[Mapping]) -> None:
+        self._mappings = sorted(mappings, key=lambda m: m.start)
+        self._starts = [m.start for m in self._mappings]
+
+    def at(self, address: int) -> tuple[int, int]:
+        index = bisect.bisect_right(self._starts, address) - 1
+        if index >= 0 and address < self._mappings[index].end:
+            mapping = self._mappings[index]
+            return mapping_flags(mapping), mapping.end
+        return elf.PF_R, address + PAGE_SIZE
+
+
+def build_notes(snapshot: ProcessSnapshot) -> bytes:
+    psargs = " ".join(snapshot.cmdline)
+    notes = [
+        elf.note(b"CORE", elf.NT_PRPSINFO, elf.prpsinfo(
+            state=snapshot.state, pid=snapshot.pid, ppid=snapshot.ppid, pgrp=snapshot.pgrp,
+            sid=snapshot.sid, uid=snapshot.uid, gid=snapshot.gid, nice=snapshot.nice, flags=0,
+            fname=snapshot.name, psargs=psargs)),
+        elf.note(b"CORE", elf.NT_AUXV, snapshot.auxv),
+        elf.note(b"CORE", elf.NT_FILE, elf.file_note(
+            [(m.start, m.end, m.offset, m.path.removesuffix(" (deleted)"))
+             for m in snapshot.mappings if m.is_file], PAGE_SIZE)),
+    ]
+    # The main thread first: readers take the process id from the first NT_PRSTATUS.
+    threads = sorted(snapshot.threads, key=lambda t: (t.tid != snapshot.pid, t.tid))
+    for thread in threads:
+        notes.append(elf.note(b"CORE", elf.NT_PRSTATUS, elf.prstatus(
+            tid=thread.tid, ppid=snapshot.ppid, pgrp=snapshot.pgrp, sid=snapshot.sid,
+            regs=thread.prstatus_regs, cursig=thread.pending_signal)))
+        notes.append(elf.note(b"CORE", elf.NT_FPREGSET, thread.fpregs))
+        if thread.xstate:
+            notes.append(elf.note(b"LINUX", elf.NT_X86_XSTATE, thread.xstate))
+    return b"".join(notes)
+
+
+def count_expected_segments(plan: DumpPlan, mappings: list[Mapping]) -> int:
+    """Segments the plan makes if every page reads: one per run of equal flags."""
+    flags_by_address = _FlagsByAddress(mappings)
+    count = 0
+    for memory_range in plan.ranges:
+        address = memory_range.start
+        while address < memory_range.end:
+            _, mapping_end = flags_by_address.at(address)
+            address = min(mapping_end, memory_range.end)
+            count += 1
+    return count + len(plan.synthetic)
+
+
+class CoreWriter:
+    def __init__(self, sink: OutputSink, snapshot: ProcessSnapshot, plan: DumpPlan) -> None:
+        self._sink = sink
+        self._snapshot = snapshot
+        self._plan = plan
+        self._flags = _FlagsByAddress(snapshot.mappings)
+        self._notes = build_notes(snapshot)
+        expected = count_expected_segments(plan, snapshot.mappings)
+        # Room for the segments that unreadable holes add; past it, holes are written as zeros.
+        self._max_loads = expected + 256 + expected // 4
+        header_area = (elf.EHDR_SIZE + elf.PHDR_SIZE * (1 + self._max_loads) + elf.SHDR_SIZE
+                       + len(self._notes))
+        self._data_start = _align_up(header_area)
+        self._offset = self._data_start
+        self._segments: list[LoadSegment] = []
+
+    def write(self, pieces: Iterable[PIECE], progress: Callable[[int], None] | None = None) -> int:
+        """Writes the pieces (ascending addresses), then the synthetic ranges, then the headers."""
+        self._sink.seek(self._data_start)
+        for address, data in pieces:
+            self._add_piece(address, data)
+            if progress:
+                progress(len(data))
+        for synthetic in self._plan.synthetic:
+            self._add_piece(synthetic.address, memoryview(synthetic.contents), elf.PF_R)
+        self._write_headers()
+        return self._offset
+
+    def _add_piece(self, address: int, data: memoryview, forced_flags: int | None = None) -> None:
+        while data:
+            if forced_flags is None:
+                flags, mapping_end = self._flags.at(address)
+            else:
+                flags, mapping_end = forced_flags, address + len(data)
+            part = data[:mapping_end - address]
+            self._append(address, part, flags)
+            address += len(part)
+            data = data[len(part):]
+
+    def _append(self, address: int, data: memoryview, flags: int) -> None:
+        last = self._segments[-1] if self._segments else None
+        if last and last.flags == flags and last.vaddr + last.size <= address:
+            gap = address - (last.vaddr + last.size)
+            if gap == 0 or (len(self._segments) >= self._max_loads and gap <= 64 * PAGE_SIZE):
+                if gap:
+                    self._sink.write(bytes(gap))
+                self._sink.write(data)
+                last.size += gap + len(data)
+                self._offset += gap + len(data)
+                return
+        self._segments.append(LoadSegment(address, self._offset, len(data), flags))
+        self._sink.write(data)
+        self._offset += len(data)
+
+    def _write_headers(self) -> None:
+        loads = sorted(self._segments, key=lambda s: s.vaddr)
+        phnum = 1 + len(loads)
+        if phnum > 1 + self._max_loads:
+            raise RuntimeError(f"core has {phnum} segments, more than the {self._max_loads} reserved")
+        phoff = elf.EHDR_SIZE
+        shoff = phoff + elf.PHDR_SIZE * (1 + self._max_loads)
+        notes_offset = shoff + elf.SHDR_SIZE
+        overflow = phnum >= elf.PN_XNUM
+        header = elf.elf_header(phoff=phoff, phnum=elf.PN_XNUM if overflow else phnum,
+                                shoff=shoff if overflow else 0, shnum=1 if overflow else 0)
+        program_headers = [elf.program_header(elf.PT_NOTE, 0, notes_offset, 0,
+                                              len(self._notes), 0, 4)]
+        program_headers += [elf.program_header(elf.PT_LOAD, s.flags, s.offset, s.vaddr, s.size,
+                                               s.size, PAGE_SIZE) for s in loads]
+        area = bytearray(self._data_start)
+        area[0:elf.EHDR_SIZE] = header
+        table = b"".join(program_headers)
+        area[phoff:phoff + len(table)] = table
+        if overflow:
+            area[shoff:shoff + elf.SHDR_SIZE] = elf.phnum_overflow_section(phnum)
+        area[notes_offset:notes_offset + len(self._notes)] = self._notes
+        self._sink.write_at(bytes(area), 0)

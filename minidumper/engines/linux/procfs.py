@@ -1,0 +1,79 @@
+"""Everything read from /proc, parsed in one place."""
+
+from __future__ import annotations
+
+import os
+
+from minidumper.model import Mapping
+
+
+def _proc(pid: int, name: str) -> str:
+    return f"/proc/{pid}/{name}"
+
+
+def exists(pid: int) -> bool:
+    return os.path.exists(_proc(pid, "stat"))
+
+
+def task_ids(pid: int) -> list[int]:
+    return sorted(int(t) for t in os.listdir(_proc(pid, "task")))
+
+
+def read_maps(pid: int) -> list[Mapping]:
+    mappings = []
+    with open(_proc(pid, "maps")) as f:
+        for line in f:
+            mappings.append(parse_maps_line(line))
+    return mappings
+
+
+def parse_maps_line(line: str) -> Mapping:
+    # "start-end perms offset dev inode   path" where path may hold spaces.
+    fields = line.rstrip("\n").split(None, 5)
+    start, end = (int(x, 16) for x in fields[0].split("-"))
+    path = fields[5] if len(fields) > 5 else ""
+    return Mapping(start=start, end=end, perms=fields[1], offset=int(fields[2], 16),
+                   inode=int(fields[4]), path=path)
+
+
+def read_bytes(pid: int, name: str) -> bytes:
+    with open(_proc(pid, name), "rb") as f:
+        return f.read()
+
+
+def comm(pid: int) -> str:
+    return read_bytes(pid, "comm").decode(errors="replace").rstrip("\n")
+
+
+def cmdline(pid: int) -> list[str]:
+    raw = read_bytes(pid, "cmdline")
+    return [part.decode(errors="replace") for part in raw.split(b"\0")[:-1]]
+
+
+def exe_path(pid: int) -> str:
+    try:
+        return os.readlink(_proc(pid, "exe"))
+    except OSError:
+        return ""
+
+
+def status_fields(pid: int) -> dict[str, str]:
+    fields = {}
+    for line in read_bytes(pid, "status").decode(errors="replace").splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return fields
+
+
+def stat_fields(pid: int) -> list[str]:
+    """Fields of /proc/PID/stat from the state on (the name may hold spaces and parens)."""
+    raw = read_bytes(pid, "stat").decode(errors="replace")
+    return raw[raw.rindex(")") + 2:].split()
+
+
+def state(pid: int) -> str:
+    return stat_fields(pid)[0]
+
+
+def all_pids() -> list[int]:
+    return sorted(int(name) for name in os.listdir("/proc") if name.isdigit())

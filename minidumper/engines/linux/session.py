@@ -1,0 +1,110 @@
+"""One dump of one process on Linux: pause, gather, read, resume. Resume happens on every path."""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import time
+from collections.abc import Iterator
+
+from minidumper.engines.linux import procfs
+from minidumper.engines.linux.memory import ProcessMemory
+from minidumper.engines.linux.ptrace import (
+    NT_PRFPREG, NT_PRSTATUS, NT_X86_XSTATE, REG_RIP, REG_RSP, USER_FPREGS_SIZE, USER_REGS_SIZE,
+    XSTATE_MAX_SIZE, ThreadGroupTracer)
+from minidumper.errors import AccessDeniedError, TargetExitedError
+from minidumper.model import MemoryRange, ProcessSnapshot, ThreadState
+
+log = logging.getLogger(__name__)
+
+PIECE = tuple[int, memoryview]
+
+
+class PausedProcess:
+    """Context manager: the target is stopped inside, and always resumed on the way out."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.memory = ProcessMemory(pid)
+        self._tracer = ThreadGroupTracer(pid)
+        self._paused_at: float | None = None
+        self.paused_seconds = 0.0
+
+    def __enter__(self) -> PausedProcess:
+        self._paused_at = time.monotonic()
+        try:
+            self._tracer.pause()
+        except BaseException:
+            self.resume()
+            raise
+        log.debug("paused %d threads of process %d", len(self._tracer.held), self.pid)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.resume()
+        self.memory.close()
+
+    def resume(self) -> None:
+        if self._paused_at is None:
+            return
+        self._tracer.resume()
+        self.paused_seconds = time.monotonic() - self._paused_at
+        self._paused_at = None
+        log.debug("resumed process %d after %.3f s", self.pid, self.paused_seconds)
+
+    def snapshot(self) -> ProcessSnapshot:
+        pid = self.pid
+        try:
+            stat = procfs.stat_fields(pid)
+            status = procfs.status_fields(pid)
+            snapshot = ProcessSnapshot(
+                pid=pid, name=procfs.comm(pid), cmdline=procfs.cmdline(pid),
+                uid=int(status["Uid"].split()[0]), gid=int(status["Gid"].split()[0]),
+                ppid=int(stat[1]), pgrp=int(stat[2]), sid=int(stat[3]), state=stat[0],
+                nice=int(stat[16]), threads=[self._thread_state(tid) for tid in sorted(self._tracer.held)],
+                mappings=procfs.read_maps(pid), auxv=procfs.read_bytes(pid, "auxv"))
+        except FileNotFoundError as error:
+            raise TargetExitedError(f"process {pid} exited mid-dump") from error
+        except PermissionError as error:
+            raise AccessDeniedError(f"cannot read /proc/{pid}: {error.strerror}") from error
+        return snapshot
+
+    def _thread_state(self, tid: int) -> ThreadState:
+        regs = self._tracer.get_regset(tid, NT_PRSTATUS, USER_REGS_SIZE) or bytes(USER_REGS_SIZE)
+        fpregs = self._tracer.get_regset(tid, NT_PRFPREG, USER_FPREGS_SIZE) or bytes(USER_FPREGS_SIZE)
+        xstate = self._tracer.get_regset(tid, NT_X86_XSTATE, XSTATE_MAX_SIZE)
+        try:
+            name = procfs.read_bytes(self.pid, f"task/{tid}/comm").decode(errors="replace").strip()
+        except OSError:
+            name = ""
+        return ThreadState(
+            tid=tid, name=name, prstatus_regs=regs, fpregs=fpregs, xstate=xstate,
+            pending_signal=self._tracer.held[tid].pending_signal,
+            instruction_pointer=struct.unpack_from("<Q", regs, REG_RIP * 8)[0],
+            stack_pointer=struct.unpack_from("<Q", regs, REG_RSP * 8)[0])
+
+    def stream(self, ranges: list[MemoryRange]) -> Iterator[PIECE]:
+        """The readable pieces of the ranges, read as they are asked for."""
+        for memory_range in ranges:
+            yield from self.memory.read_pieces(memory_range.start, memory_range.end)
+
+    def capture(self, ranges: list[MemoryRange]) -> list[PIECE]:
+        """Every readable piece, read now, so that the target can resume before the write."""
+        return list(self.stream(ranges))
+
+
+def capture_budget_bytes() -> int:
+    """How much memory a snapshot of the target may take in this process: half of what is free."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 2
+    except OSError:
+        pass
+    return 1 << 30
+
+
+def page_size() -> int:
+    return os.sysconf("SC_PAGE_SIZE")

@@ -1,0 +1,88 @@
+"""The output file: written under a temporary name beside it, renamed into place only on success.
+
+Dumps hold secrets: mode 0600, and never through a symlink.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from minidumper.errors import OutputError
+
+
+def _describe(error: OSError) -> str:
+    if error.errno == errno.ENOSPC:
+        return "no space left on the device"
+    if error.errno == errno.EDQUOT:
+        return "disk quota exceeded"
+    return error.strerror or str(error)
+
+
+class OutputFile:
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        directory = os.path.dirname(self.path)
+        if os.path.islink(self.path):
+            raise OutputError(f"output {path} is a symbolic link; refusing to write through it")
+        if os.path.lexists(self.path):
+            raise OutputError(f"output {path} already exists; refusing to overwrite it")
+        if not os.path.isdir(directory):
+            raise OutputError(f"output directory {directory} does not exist")
+        self.temporary_path = os.path.join(
+            directory, f".{os.path.basename(self.path)}.{os.getpid()}.minidumper-partial")
+        self.fd: int | None = None
+
+    def __enter__(self) -> OutputFile:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            self.fd = os.open(self.temporary_path, flags, 0o600)
+        except OSError as error:
+            raise OutputError(f"cannot create {self.temporary_path}: {_describe(error)}") from error
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if exc_type is not None:
+            self.discard()
+
+    def discard(self) -> None:
+        try:
+            os.unlink(self.temporary_path)
+        except FileNotFoundError:
+            pass
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
+        except OSError as error:
+            raise OutputError(f"writing {self.path} failed: {_describe(error)}") from error
+
+    def write_at(self, data: bytes, offset: int) -> None:
+        try:
+            os.pwrite(self.fd, data, offset)
+        except OSError as error:
+            raise OutputError(f"writing {self.path} failed: {_describe(error)}") from error
+
+    def seek(self, offset: int) -> None:
+        os.lseek(self.fd, offset, os.SEEK_SET)
+
+    def commit(self) -> None:
+        """Closes the file and gives it its real name, unless something took that name meanwhile."""
+        os.close(self.fd)
+        self.fd = None
+        try:
+            os.link(self.temporary_path, self.path)
+        except FileExistsError as error:
+            self.discard()
+            raise OutputError(f"output {self.path} appeared while dumping; left untouched") from error
+        except OSError:
+            # Filesystems without hard links: the existence check at start must do.
+            os.rename(self.temporary_path, self.path)
+            return
+        self.discard()

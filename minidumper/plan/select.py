@@ -1,0 +1,100 @@
+"""snapshot + mode + the CLR's ranges -> DumpPlan: sorted, page-aligned, non-overlapping, tagged."""
+
+from __future__ import annotations
+
+import bisect
+import struct
+from collections.abc import Iterable, Sequence
+
+from minidumper.model import (
+    PAGE_SIZE, DumpMode, DumpPlan, Mapping, MemoryRange, ProcessSnapshot, RangeKind,
+    SyntheticRange)
+from minidumper.plan import native
+from minidumper.plan.modes import MODE_PARTS, Part, clr_range_kind
+
+# Where createdump puts the page that tells readers where the runtime is (64-bit Linux).
+DIAG_INFO_ADDRESS = 0x00007FFFFFF10000
+DIAG_INFO_SIGNATURE = b"DIAGINFOHEADER"
+DIAG_INFO_VERSION = 2
+
+
+def dumpable(mapping: Mapping) -> bool:
+    """Readable mappings whose reading is safe and useful: no [vvar], no device memory."""
+    if not mapping.readable or mapping.path.startswith("[vvar") or mapping.path == "[vsyscall]":
+        return False
+    if mapping.path.startswith("/dev/") and not mapping.path.startswith(("/dev/shm/", "/dev/zero")):
+        return False
+    return True
+
+
+def select(snapshot: ProcessSnapshot, mode: DumpMode, read: native.ReadMemory,
+           clr_ranges: Sequence[tuple[int, int, str]] = ()) -> DumpPlan:
+    """The plan for a mode. clr_ranges are the bridge's (start, end, ClrMD kind)."""
+    parts = MODE_PARTS[mode]
+    wanted: list[MemoryRange] = []
+    if Part.ALL_MAPPINGS in parts:
+        wanted += [MemoryRange(m.start, m.end, RangeKind.MAPPING) for m in snapshot.mappings]
+    if Part.STACKS in parts:
+        wanted += native.thread_stacks(snapshot)
+    if Part.CODE_AROUND_IP in parts:
+        wanted += native.code_around_instruction_pointers(snapshot)
+    if Part.MODULE_HEADERS in parts:
+        wanted += native.elf_module_pieces(snapshot, read)
+    if Part.LINK_MAP in parts:
+        wanted += native.link_map(snapshot, read)
+    if Part.VDSO in parts:
+        wanted += native.vdso(snapshot)
+    if Part.RUNTIME_DATA in parts:
+        wanted += native.runtime_data(snapshot)
+    if Part.PE_HEADERS in parts:
+        wanted += native.pe_headers(snapshot, read)
+    for start, end, clr_kind in clr_ranges:
+        kind = clr_range_kind(clr_kind, mode)
+        if kind is not None and end > start:
+            wanted.append(native.pages(start, end, kind))
+
+    ranges = clip_to(merge(wanted), [m for m in snapshot.mappings if dumpable(m)])
+    synthetic = []
+    base = native.runtime_base(snapshot)
+    if Part.DIAG_INFO in parts and base is not None and not _overlaps(ranges, DIAG_INFO_ADDRESS):
+        synthetic.append(SyntheticRange(DIAG_INFO_ADDRESS, diag_info_page(base), RangeKind.DIAG_INFO))
+    return DumpPlan(mode=mode, ranges=ranges, synthetic=synthetic)
+
+
+def diag_info_page(runtime_base: int) -> bytes:
+    header = struct.pack("<16si4xQQ", DIAG_INFO_SIGNATURE, DIAG_INFO_VERSION, 0, runtime_base)
+    return header + bytes(PAGE_SIZE - len(header))
+
+
+def merge(ranges: Iterable[MemoryRange]) -> list[MemoryRange]:
+    """Sorted and non-overlapping; where two overlap, the one that starts first keeps its kind."""
+    merged: list[MemoryRange] = []
+    for r in sorted(ranges, key=lambda r: (r.start, -r.end)):
+        if merged and r.start < merged[-1].end:
+            if r.end <= merged[-1].end:
+                continue
+            r = MemoryRange(merged[-1].end, r.end, r.kind)
+        if merged and r.start == merged[-1].end and r.kind == merged[-1].kind:
+            merged[-1] = MemoryRange(merged[-1].start, r.end, r.kind)
+        else:
+            merged.append(r)
+    return merged
+
+
+def clip_to(ranges: list[MemoryRange], mappings: list[Mapping]) -> list[MemoryRange]:
+    """The parts of sorted, non-overlapping ranges that lie inside the given mappings."""
+    allowed = merge(MemoryRange(m.start, m.end) for m in mappings)
+    starts = [a.start for a in allowed]
+    clipped = []
+    for r in ranges:
+        index = max(bisect.bisect_right(starts, r.start) - 1, 0)
+        while index < len(allowed) and allowed[index].start < r.end:
+            start, end = max(r.start, allowed[index].start), min(r.end, allowed[index].end)
+            if start < end:
+                clipped.append(MemoryRange(start, end, r.kind))
+            index += 1
+    return clipped
+
+
+def _overlaps(ranges: list[MemoryRange], address: int) -> bool:
+    return any(r.start <= address < r.end for r in ranges)

@@ -1,0 +1,67 @@
+"""Finding the target: by pid, or by name among the running processes (Linux /proc)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from minidumper.engines.linux import procfs
+from minidumper.errors import AccessDeniedError, TargetNotFoundError
+
+DOTNET_HOSTS = {"dotnet", "dotnet.exe"}
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    name: str
+    cmdline: list[str]
+
+    @property
+    def command(self) -> str:
+        return " ".join(self.cmdline) or f"[{self.name}]"
+
+
+def describe(pid: int) -> ProcessInfo:
+    if pid <= 0 or not procfs.exists(pid):
+        raise TargetNotFoundError(f"no process with pid {pid}")
+    try:
+        return ProcessInfo(pid, procfs.comm(pid), procfs.cmdline(pid))
+    except FileNotFoundError:
+        raise TargetNotFoundError(f"no process with pid {pid}") from None
+    except PermissionError as error:
+        raise AccessDeniedError(f"cannot read /proc/{pid}: {error.strerror}") from error
+
+
+def names_of(info: ProcessInfo) -> set[str]:
+    """The names a process answers to: its comm, its executable, and for `dotnet app.dll`, app."""
+    names = {info.name}
+    if info.cmdline:
+        executable = os.path.basename(info.cmdline[0])
+        names.add(executable)
+        if executable in DOTNET_HOSTS:
+            assembly = next((arg for arg in info.cmdline[1:] if not arg.startswith("-")), "")
+            if assembly:
+                base = os.path.basename(assembly)
+                names.update({base, base.removesuffix(".dll").removesuffix(".exe")})
+    return names
+
+
+def find_by_name(name: str) -> ProcessInfo:
+    matches = []
+    for pid in procfs.all_pids():
+        if pid == os.getpid():
+            continue
+        try:
+            info = describe(pid)
+        except (TargetNotFoundError, AccessDeniedError):
+            continue
+        if name in names_of(info):
+            matches.append(info)
+    if not matches:
+        raise TargetNotFoundError(f"no process named {name!r}")
+    if len(matches) > 1:
+        listing = "\n".join(f"  {m.pid}  {m.command}" for m in matches)
+        raise TargetNotFoundError(
+            f"{len(matches)} processes are named {name!r}; pick one with --pid:\n{listing}")
+    return matches[0]
