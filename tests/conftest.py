@@ -1,0 +1,109 @@
+"""Shared fixtures: live .NET sample apps, the minidumper command, and real readers of dumps."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BUILD = REPO / ".build"
+HEAP_FIXTURE = BUILD / "fixtures" / "HeapFixture" / "HeapFixture.dll"
+CLRMD_READER = BUILD / "clrmd_reader" / "ClrmdReader.dll"
+MINIDUMPER = [sys.executable, "-m", "minidumper"]
+READY_TIMEOUT = 60
+
+
+@dataclass
+class LiveApp:
+    pid: int
+    process: subprocess.Popen
+
+    def state(self) -> str:
+        """The state letter of /proc/PID/stat: never T or t once a dump is over."""
+        with open(f"/proc/{self.pid}/stat") as stat:
+            text = stat.read()
+        return text[text.rindex(")") + 2]
+
+    def thread_count(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/task"))
+
+    def assert_running(self) -> None:
+        assert self.process.poll() is None, "the target exited"
+        assert self.state() not in "Tt", f"the target was left stopped (state {self.state()})"
+
+
+def start_app(*args: str, dll: Path = HEAP_FIXTURE) -> LiveApp:
+    if not dll.exists():
+        pytest.fail(f"{dll} is missing: run ./setup.sh")
+    process = subprocess.Popen(["dotnet", str(dll), *args], stdout=subprocess.PIPE,
+                               stdin=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + READY_TIMEOUT
+    line = ""
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if line.startswith("READY"):
+            return LiveApp(int(line.split()[1]), process)
+        if not line and process.poll() is not None:
+            break
+    process.kill()
+    pytest.fail(f"fixture did not print READY (last line {line!r})")
+
+
+def stop_app(app: LiveApp) -> None:
+    # A stopped target would not die of SIGTERM; SIGKILL always works.
+    app.process.send_signal(signal.SIGKILL)
+    app.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def heap_app():
+    app = start_app("--native-mb", "64")
+    yield app
+    stop_app(app)
+
+
+@pytest.fixture
+def fresh_app():
+    app = start_app("--native-mb", "256")
+    yield app
+    stop_app(app)
+
+
+def run_minidumper(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([*MINIDUMPER, *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO, **kwargs)
+
+
+def dump(app: LiveApp, path: Path, mode: str) -> dict:
+    result = run_minidumper("--pid", str(app.pid), "-f", str(path), f"--{mode}", "--json")
+    assert result.returncode == 0, result.stderr
+    app.assert_running()
+    return json.loads(result.stdout)
+
+
+def clrmd_read(*args: str) -> dict:
+    """What ClrMD sees: --dump PATH, or --pid PID for the live process."""
+    if not CLRMD_READER.exists():
+        pytest.fail(f"{CLRMD_READER} is missing: run ./setup.sh")
+    result = subprocess.run(["dotnet", str(CLRMD_READER), *args], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
+def gdb_batch(core: Path, *commands: str) -> str:
+    argv = ["gdb", "-batch", "-nx", "-iex", "set auto-load safe-path /"]
+    for command in commands:
+        argv += ["-ex", command]
+    argv += [os.path.realpath(shutil.which("dotnet")), str(core)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    return result.stdout + result.stderr
