@@ -113,6 +113,6 @@ def _read_clr(bridge, snapshot: ProcessSnapshot, depth: str) -> list[tuple[int, 
         readout = bridge.read_clr(snapshot.pid, registers, depth)
     except bridge.NoClrRuntimeError as error:
         raise NotDotnetError(f"process {snapshot.pid} has no CLR the bridge can read: {error}") from error
-    except bridge.BridgeError as error:
+    except bridge.ClrBridgeError as error:
         raise RuntimeBridgeError(f"reading the CLR failed: {error}") from error
     return [(m.start, m.end, m.kind) for m in readout.memory]

@@ -39,6 +39,7 @@ REG_RIP = 16
 REG_RSP = 19
 
 STOP_TIMEOUT_SECONDS = 10.0
+DEFERRED_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 @dataclass
@@ -148,7 +149,17 @@ class ThreadGroupTracer:
         return buffer.raw[:vector.iov_len]
 
     def resume(self) -> None:
-        """Detach from every held thread. Never raises: the target's freedom comes first."""
+        """Detach from every held thread. Never raises: the target's freedom comes first.
+
+        Ctrl-C and SIGTERM wait until every thread is detached, so that none is left behind.
+        """
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, DEFERRED_SIGNALS)
+        try:
+            self._detach_all()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    def _detach_all(self) -> None:
         for thread in list(self.held.values()):
             if libc.ptrace(PTRACE_DETACH, thread.tid, None, ctypes.c_void_p(thread.pending_signal)) != 0:
                 err = ctypes.get_errno()
@@ -165,10 +176,3 @@ class ThreadGroupTracer:
             os.waitpid(tid, os.WNOHANG | WALL)
         except ChildProcessError:
             pass
-
-
-def signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return str(number)
