@@ -69,10 +69,9 @@ class ThreadGroupTracer:
             seized = [t for t in new if self._seize(t)]
             for tid in seized:
                 self._interrupt(tid)
-            for tid in seized:
-                self._wait_for_stop(tid)
+            self._wait_for_stops(seized)
         if not self.held:
-            raise TargetExitedError(f"process {self.pid} has no live thread left")
+            raise TargetExitedError(f"process {self.pid} exited while being paused")
 
     def _seize(self, tid: int) -> bool:
         if libc.ptrace(PTRACE_SEIZE, tid, None, None) == 0:
@@ -104,32 +103,45 @@ class ThreadGroupTracer:
                 return   # the wait below sees it gone
             raise last_os_error("PTRACE_INTERRUPT", tid)
 
-    def _wait_for_stop(self, tid: int) -> None:
+    def _wait_for_stops(self, tids: list[int]) -> None:
+        """Waits until each thread is stopped or gone.
+
+        All at once, not one by one: a dying leader is reported only after every other thread
+        has been collected, so waiting for it first would wait forever.
+        """
+        pending = set(tids)
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
         delay = 0.0001
-        while True:
-            try:
-                waited, status = os.waitpid(tid, os.WNOHANG | WALL)
-            except ChildProcessError:
-                self._forget(tid)
+        while pending:
+            for tid in sorted(pending):
+                if self._poll_stop(tid):
+                    pending.discard(tid)
+            if not pending:
                 return
-            if waited == tid:
-                if os.WIFEXITED(status) or os.WIFSIGNALED(status):
-                    self._forget(tid)
-                    return
-                if os.WIFSTOPPED(status):
-                    event = status >> 16
-                    if event != PTRACE_EVENT_STOP:
-                        # A signal-delivery stop: the thread is stopped all the same. Keep the
-                        # signal, so that detaching delivers it as if we had never been here.
-                        self.held[tid].pending_signal = os.WSTOPSIG(status)
-                    return
             if time.monotonic() > deadline:
                 raise TargetExitedError(
-                    f"thread {tid} of process {self.pid} did not stop within "
+                    f"threads {sorted(pending)} of process {self.pid} did not stop within "
                     f"{STOP_TIMEOUT_SECONDS:.0f} s")
             time.sleep(delay)
             delay = min(delay * 2, 0.01)
+
+    def _poll_stop(self, tid: int) -> bool:
+        """True once the thread is stopped (and held) or gone (and forgotten)."""
+        try:
+            waited, status = os.waitpid(tid, os.WNOHANG | WALL)
+        except ChildProcessError:
+            self._forget(tid)
+            return True
+        if waited != tid:
+            return False
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            self._forget(tid)
+            return True
+        if os.WIFSTOPPED(status) and status >> 16 != PTRACE_EVENT_STOP:
+            # A signal-delivery stop: the thread is stopped all the same. Keep the signal, so
+            # that detaching delivers it as if we had never been here.
+            self.held[tid].pending_signal = os.WSTOPSIG(status)
+        return True
 
     def _forget(self, tid: int) -> None:
         self.held.pop(tid, None)
