@@ -1,0 +1,13 @@
+"""ClrMD in this Python process: what memory the CLR of a live .NET target owns and reads.
+
+Importing this package loads nothing of .NET; the first read_clr() (or load()) does.
+"""
+
+from .errors import BridgeLoadError as BridgeLoadError
+from .errors import ClrBridgeError as ClrBridgeError
+from .errors import ClrReadError as ClrReadError
+from .errors import NoClrRuntimeError as NoClrRuntimeError
+from .host import load as load
+from .runtime import ClrMemory as ClrMemory
+from .runtime import ClrReadout as ClrReadout
+from .runtime import read_clr as read_clr

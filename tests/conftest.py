@@ -107,3 +107,20 @@ def gdb_batch(core: Path, *commands: str) -> str:
     argv += [os.path.realpath(shutil.which("dotnet")), str(core)]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     return result.stdout + result.stderr
+
+
+def sos(core: Path, *commands: str) -> str:
+    """SOS's answer, through dotnet-dump analyze (a local .NET tool restored by setup)."""
+    argv = ["dotnet", "dotnet-dump", "analyze", str(core)]
+    for command in (*commands, "exit"):
+        argv += ["-c", command]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def load_segments(core: Path) -> list[tuple[int, int]]:
+    from elftools.elf.elffile import ELFFile
+    with open(core, "rb") as f:
+        return [(s["p_vaddr"], s["p_vaddr"] + s["p_memsz"]) for s in ELFFile(f).iter_segments()
+                if s["p_type"] == "PT_LOAD"]

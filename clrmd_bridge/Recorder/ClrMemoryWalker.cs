@@ -1,0 +1,260 @@
+using System;
+using System.Collections.Generic;
+using System.Diagnostics;
+using Microsoft.Diagnostics.Runtime;
+
+namespace ClrmdBridge
+{
+    /// <summary>The target process has no CLR that ClrMD can find.</summary>
+    public sealed class NoClrRuntimeException : Exception
+    {
+        public NoClrRuntimeException(string message) : base(message) { }
+    }
+
+    /// <summary>
+    /// What the walk found. <see cref="Ranges"/> holds triples (start, end, index into
+    /// <see cref="KindNames"/>): flat arrays cross into Python far faster than objects.
+    /// </summary>
+    public sealed class ClrWalkResult
+    {
+        public ulong RuntimeBase { get; init; }
+        public string RuntimeVersion { get; init; } = "";
+        public int ThreadsWalked { get; init; }
+        public int ManagedFrames { get; init; }
+        public long DacReadCount { get; init; }
+        public double WalkSeconds { get; init; }
+        public ulong[] Ranges { get; init; } = Array.Empty<ulong>();
+        public string[] KindNames { get; init; } = Array.Empty<string>();
+        public string[] Warnings { get; init; } = Array.Empty<string>();
+    }
+
+    /// <summary>
+    /// The whole walk of a live target, in C#: one call from Python instead of one per object.
+    /// "mini" walks every managed stack; "heap" also lists the CLR's memory and touches every
+    /// root, handle, object and (once per type) type metadata, so the DAC reads of all of that
+    /// are recorded.
+    /// </summary>
+    public static class ClrMemoryWalker
+    {
+        public const string DacRead = "DacRead";
+        public const string JitCodeHeap = "JitCodeHeap";
+        public const string ModuleImage = "ModuleImage";
+
+        /// <param name="pid">The target, which may already be held stopped by a PTRACE_SEIZE tracer.</param>
+        /// <param name="threadIds">OS thread ids, one per register record.</param>
+        /// <param name="userRegs">The threads' x86-64 user_regs_struct records, concatenated.</param>
+        /// <param name="depth">"mini" or "heap".</param>
+        public static ClrWalkResult Read(int pid, uint[] threadIds, byte[] userRegs, string depth)
+        {
+            bool heap = depth switch
+            {
+                "mini" => false,
+                "heap" => true,
+                _ => throw new ArgumentException($"depth must be \"mini\" or \"heap\", not \"{depth}\""),
+            };
+            Dictionary<uint, UserRegsStruct> registers = SplitRegisters(threadIds, userRegs);
+
+            Stopwatch clock = Stopwatch.StartNew();
+            // suspend: false reads with process_vm_readv only; the target may be held by our tracer.
+            DataTarget live = DataTarget.AttachToProcess(pid, suspend: false);
+            RecordingDataReader reader = new(live.DataReader, registers, innerOwner: live);
+            using DataTarget target = new(new CustomDataTarget(reader));  // disposes reader, then live
+            if (target.ClrVersions.Length == 0)
+                throw new NoClrRuntimeException($"process {pid} has no .NET runtime (no libcoreclr found)");
+
+            ClrInfo clr = target.ClrVersions[0];
+            using ClrRuntime runtime = clr.CreateRuntime();
+
+            MemoryList memory = new();
+            List<string> warnings = new();
+            string version = RuntimeVersionReader.Read(reader, clr.ModuleInfo.ImageBase)
+                ?? (clr.Version.Major != 0 ? clr.Version.ToString() : "");
+            (int threadsWalked, int managedFrames) = WalkThreads(runtime, warnings);
+            Step(warnings, "modules", () => ListModules(runtime, memory));
+            if (heap)
+                WalkHeap(runtime, memory, warnings);
+
+            foreach ((ulong start, ulong end) in reader.Reads.ToMergedList())
+                memory.Add(start, end, DacRead);
+
+            return new ClrWalkResult
+            {
+                RuntimeBase = clr.ModuleInfo.ImageBase,
+                RuntimeVersion = version,
+                ThreadsWalked = threadsWalked,
+                ManagedFrames = managedFrames,
+                DacReadCount = reader.Reads.ReadCount,
+                WalkSeconds = clock.Elapsed.TotalSeconds,
+                Ranges = memory.Ranges.ToArray(),
+                KindNames = memory.KindNames.ToArray(),
+                Warnings = warnings.ToArray(),
+            };
+        }
+
+        private static Dictionary<uint, UserRegsStruct> SplitRegisters(uint[] threadIds, byte[] userRegs)
+        {
+            if (userRegs.Length != threadIds.Length * UserRegsStruct.Size)
+                throw new ArgumentException(
+                    $"{threadIds.Length} threads need {threadIds.Length * UserRegsStruct.Size} bytes of registers, got {userRegs.Length}");
+
+            Dictionary<uint, UserRegsStruct> registers = new(threadIds.Length);
+            for (int i = 0; i < threadIds.Length; i++)
+                registers[threadIds[i]] = UserRegsStruct.FromBytes(userRegs.AsSpan(i * UserRegsStruct.Size, UserRegsStruct.Size));
+            return registers;
+        }
+
+        private static (int Threads, int ManagedFrames) WalkThreads(ClrRuntime runtime, List<string> warnings)
+        {
+            int walked = 0, managedFrames = 0;
+            foreach (ClrThread thread in runtime.Threads)
+            {
+                if (!thread.IsAlive)
+                    continue;
+
+                walked++;
+                Step(warnings, $"stack of thread {thread.OSThreadId}", () =>
+                {
+                    foreach (ClrStackFrame frame in thread.EnumerateStackTrace(includeContext: false))
+                    {
+                        // A debugger prints method names: they come from the method descs and metadata.
+                        if (frame.Method is ClrMethod method)
+                        {
+                            managedFrames++;
+                            _ = method.Signature;
+                        }
+
+                        _ = frame.FrameName;
+                    }
+
+                    _ = thread.CurrentException?.Type?.Name;
+                });
+            }
+
+            return (walked, managedFrames);
+        }
+
+        private static void ListModules(ClrRuntime runtime, MemoryList memory)
+        {
+            foreach (ClrModule module in runtime.EnumerateModules())
+            {
+                _ = module.Name;
+                _ = module.AssemblyName;
+                if (module.ImageBase != 0 && module.Size != 0)
+                    memory.Add(module.ImageBase, module.ImageBase + module.Size, ModuleImage);
+            }
+        }
+
+        private static void WalkHeap(ClrRuntime runtime, MemoryList memory, List<string> warnings)
+        {
+            ClrHeap gc = runtime.Heap;
+            Step(warnings, "GC segments", () =>
+            {
+                foreach (ClrSegment segment in gc.Segments)
+                    memory.Add(segment.CommittedMemory, $"GCSegment:{segment.Kind}");
+            });
+            Step(warnings, "native heaps", () =>
+            {
+                foreach (ClrNativeHeapInfo nativeHeap in runtime.EnumerateClrNativeHeaps())
+                    memory.Add(nativeHeap.MemoryRange, $"NativeHeap:{nativeHeap.Kind}");
+            });
+            Step(warnings, "JIT managers", () =>
+            {
+                foreach (ClrJitManager jitManager in runtime.EnumerateJitManagers())
+                    foreach (ClrNativeHeapInfo codeHeap in jitManager.EnumerateNativeHeaps())
+                        memory.Add(codeHeap.MemoryRange, JitCodeHeap);
+            });
+
+            TypeToucher types = new();
+            Step(warnings, "handles", () =>
+            {
+                foreach (ClrHandle handle in runtime.EnumerateHandles())
+                {
+                    types.Touch(handle.Object.Type);
+                    types.Touch(handle.Dependent.Type);
+                }
+            });
+            Step(warnings, "roots", () =>
+            {
+                foreach (ClrRoot root in gc.EnumerateRoots())
+                    types.Touch(root.Object.Type);
+            });
+            Step(warnings, "finalizer queue", () =>
+            {
+                foreach (ClrObject obj in gc.EnumerateFinalizableObjects())
+                    types.Touch(obj.Type);
+            });
+            Step(warnings, "sync blocks", () =>
+            {
+                foreach (SyncBlock syncBlock in gc.EnumerateSyncBlocks())
+                    _ = syncBlock.Object;
+            });
+            Step(warnings, "objects", () =>
+            {
+                foreach (ClrObject obj in gc.EnumerateObjects())
+                    types.Touch(obj.Type);
+            });
+            Step(warnings, "thread pool", () => _ = runtime.ThreadPool?.MaxThreads);
+        }
+
+        /// <summary>Reads a type's name, fields, base types and element type, once per method table.</summary>
+        private sealed class TypeToucher
+        {
+            private readonly HashSet<ulong> _seen = new();
+
+            public void Touch(ClrType? type)
+            {
+                while (type is not null && _seen.Add(type.MethodTable))
+                {
+                    _ = type.Name;
+                    _ = type.Module?.Name;
+                    foreach (ClrInstanceField field in type.Fields)
+                        _ = field.Type?.Name;
+                    foreach (ClrStaticField field in type.StaticFields)
+                        _ = field.Name;
+                    if (type.ComponentType is ClrType component)
+                        Touch(component);
+                    type = type.BaseType;
+                }
+            }
+        }
+
+        /// <summary>One lister failing must not lose what the others found: note it and go on.</summary>
+        private static void Step(List<string> warnings, string what, Action action)
+        {
+            try
+            {
+                action();
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                warnings.Add($"{what}: {e.GetType().Name}: {e.Message}");
+            }
+        }
+
+        private sealed class MemoryList
+        {
+            private readonly Dictionary<string, int> _kindIndex = new();
+
+            public List<ulong> Ranges { get; } = new();
+            public List<string> KindNames { get; } = new();
+
+            public void Add(MemoryRange range, string kind) => Add(range.Start, range.End, kind);
+
+            public void Add(ulong start, ulong end, string kind)
+            {
+                if (end <= start)
+                    return;
+                if (!_kindIndex.TryGetValue(kind, out int index))
+                {
+                    index = KindNames.Count;
+                    KindNames.Add(kind);
+                    _kindIndex.Add(kind, index);
+                }
+
+                Ranges.Add(start);
+                Ranges.Add(end);
+                Ranges.Add((ulong)index);
+            }
+        }
+    }
+}

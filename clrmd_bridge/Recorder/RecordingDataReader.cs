@@ -1,0 +1,104 @@
+using System;
+using System.Collections.Generic;
+using System.Linq;
+using System.Runtime.InteropServices;
+using Microsoft.Diagnostics.Runtime;
+using Microsoft.Diagnostics.Runtime.DataReaders.Implementation;
+
+namespace ClrmdBridge
+{
+    /// <summary>
+    /// Wraps ClrMD's live reader of a process (process_vm_readv, no ptrace) and
+    /// <list type="bullet">
+    /// <item>records every range that a read returned, page-granular, so a dump can hold what the DAC needed;</item>
+    /// <item>answers thread contexts from the registers our engine captured. ClrMD's live reader
+    /// asks PTRACE_GETREGS, which fails when another process is the tracer (microsoft/clrmd#295).</item>
+    /// </list>
+    /// </summary>
+    public sealed class RecordingDataReader : IDataReader, IThreadReader, IDisposable
+    {
+        private readonly IDataReader _inner;
+        private readonly IDisposable? _innerOwner;
+        private readonly IReadOnlyDictionary<uint, UserRegsStruct> _registers;
+
+        public RecordingDataReader(IDataReader inner, IReadOnlyDictionary<uint, UserRegsStruct> registers, IDisposable? innerOwner)
+        {
+            _inner = inner;
+            _registers = registers;
+            _innerOwner = innerOwner;
+        }
+
+        public PageRangeSet Reads { get; } = new();
+
+        public string DisplayName => _inner.DisplayName;
+        public bool IsThreadSafe => false;
+        public OSPlatform TargetPlatform => _inner.TargetPlatform;
+        public Architecture Architecture => _inner.Architecture;
+        public int ProcessId => _inner.ProcessId;
+        public int PointerSize => _inner.PointerSize;
+
+        public IEnumerable<ModuleInfo> EnumerateModules() => _inner.EnumerateModules();
+
+        public bool GetThreadContext(uint threadID, uint contextFlags, Span<byte> context)
+        {
+            if (Architecture != Architecture.X64 || !_registers.TryGetValue(threadID, out UserRegsStruct regs))
+                return false;
+            return regs.CopyTo(contextFlags, context);
+        }
+
+        public void FlushCachedData() => _inner.FlushCachedData();
+
+        public int Read(ulong address, Span<byte> buffer)
+        {
+            if (buffer.IsEmpty)
+                return 0;
+            int read = _inner.Read(address, buffer);
+            Reads.Add(address, read);
+            return read;
+        }
+
+        public unsafe bool Read<T>(ulong address, out T value) where T : unmanaged
+        {
+            Span<byte> buffer = stackalloc byte[sizeof(T)];
+            if (Read(address, buffer) == buffer.Length)
+            {
+                value = MemoryMarshal.Read<T>(buffer);
+                return true;
+            }
+
+            value = default;
+            return false;
+        }
+
+        public T Read<T>(ulong address) where T : unmanaged
+        {
+            Read(address, out T value);
+            return value;
+        }
+
+        public bool ReadPointer(ulong address, out ulong value)
+        {
+            if (PointerSize == 4)
+            {
+                bool ok = Read(address, out uint narrow);
+                value = narrow;
+                return ok;
+            }
+
+            return Read(address, out value);
+        }
+
+        public ulong ReadPointer(ulong address)
+        {
+            ReadPointer(address, out ulong value);
+            return value;
+        }
+
+        public IEnumerable<uint> EnumerateOSThreadIds() =>
+            _inner is IThreadReader threads ? threads.EnumerateOSThreadIds() : _registers.Keys.OrderBy(tid => tid);
+
+        public ulong GetThreadTeb(uint osThreadId) => 0;
+
+        public void Dispose() => _innerOwner?.Dispose();
+    }
+}

@@ -1,0 +1,188 @@
+"""Start CoreCLR inside this Python process through hostfxr, and hand it pythonnet.
+
+The steps: load the newest ``libhostfxr.so``, ``hostfxr_initialize_for_runtime_config`` with
+the bridge's runtimeconfig, ``hostfxr_get_runtime_delegate`` for
+hdt_load_assembly_and_get_function_pointer, then call ``Python.Runtime.Loader.Initialize``
+(an ``int(IntPtr, int)`` entry point) with an empty argument. pythonnet then finds Python's own
+symbols in this process, and ``import clr`` works.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+from pathlib import Path
+
+from .errors import BridgeLoadError
+
+log = logging.getLogger(__name__)
+
+ASSEMBLY_DIR = Path(__file__).resolve().parent / "_dotnet"
+RUNTIME_CONFIG = "Recorder.runtimeconfig.json"
+PYTHON_RUNTIME = "Python.Runtime.dll"
+RECORDER = "Recorder.dll"
+REQUIRED_FILES = (RUNTIME_CONFIG, PYTHON_RUNTIME, RECORDER, "Microsoft.Diagnostics.Runtime.dll")
+DOTNET_ROOT_FALLBACKS = (Path("/usr/share/dotnet"), Path("/usr/lib/dotnet"))
+
+HDT_LOAD_ASSEMBLY_AND_GET_FUNCTION_POINTER = 5  # enum hostfxr_delegate_type
+
+_lock = threading.Lock()
+_loaded_from: Path | None = None
+_pythonnet_started = False   # it cannot start twice in one process, even if loading Recorder failed
+
+
+class hostfxr_initialize_parameters(ctypes.Structure):
+    _fields_ = [
+        ("size", ctypes.c_size_t),
+        ("host_path", ctypes.c_char_p),
+        ("dotnet_root", ctypes.c_char_p),
+    ]
+
+
+hostfxr_error_writer_fn = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
+load_assembly_and_get_function_pointer_fn = ctypes.CFUNCTYPE(
+    ctypes.c_int32,
+    ctypes.c_char_p,                  # assembly_path
+    ctypes.c_char_p,                  # type_name (assembly-qualified)
+    ctypes.c_char_p,                  # method_name
+    ctypes.c_char_p,                  # delegate_type_name; NULL: int(IntPtr, int)
+    ctypes.c_void_p,                  # reserved
+    ctypes.POINTER(ctypes.c_void_p),  # out: the function pointer
+)
+component_entry_point_fn = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32)
+
+
+def is_loaded() -> bool:
+    return _loaded_from is not None
+
+
+def load(assembly_dir: Path | None = None) -> None:
+    """Start .NET in this process and load pythonnet and the bridge's assemblies. Idempotent."""
+    global _loaded_from, _pythonnet_started
+    with _lock:
+        if _loaded_from is not None:
+            return
+        started = time.perf_counter()
+        assembly_dir = (assembly_dir or ASSEMBLY_DIR).resolve()
+        _check_assemblies(assembly_dir)
+        if not _pythonnet_started:
+            dotnet_root = find_dotnet_root()
+            hostfxr_path = find_hostfxr(dotnet_root)
+            log.debug("starting .NET with %s and %s", hostfxr_path, assembly_dir / RUNTIME_CONFIG)
+            _start_pythonnet(hostfxr_path, dotnet_root, assembly_dir)
+            _pythonnet_started = True
+        _load_recorder(assembly_dir)
+        _loaded_from = assembly_dir
+        log.debug(".NET and ClrMD loaded in %.3f s", time.perf_counter() - started)
+
+
+def find_dotnet_root() -> Path:
+    """DOTNET_ROOT, else the folder of `dotnet` on PATH (symlinks resolved), else the usual places."""
+    candidates: list[Path] = []
+    if os.environ.get("DOTNET_ROOT"):
+        candidates.append(Path(os.environ["DOTNET_ROOT"]))
+    dotnet = shutil.which("dotnet")
+    if dotnet:
+        candidates.append(Path(dotnet).resolve().parent)
+    candidates.extend(DOTNET_ROOT_FALLBACKS)
+    for root in candidates:
+        if (root / "host" / "fxr").is_dir():
+            return root
+    tried = ", ".join(str(c) for c in candidates)
+    raise BridgeLoadError(f"no .NET runtime found (looked in {tried}); install .NET or set DOTNET_ROOT")
+
+
+def find_hostfxr(dotnet_root: Path) -> Path:
+    """The newest <dotnet root>/host/fxr/<version>/libhostfxr.so."""
+    found = list((dotnet_root / "host" / "fxr").glob("*/libhostfxr.so"))
+    if not found:
+        raise BridgeLoadError(f"no libhostfxr.so under {dotnet_root / 'host' / 'fxr'}")
+    return max(found, key=lambda p: _version_key(p.parent.name))
+
+
+def _version_key(version: str) -> tuple[tuple[int, ...], int]:
+    """'10.0.12' > '10.0.2' > '10.0.2-preview.1'."""
+    release, _, prerelease = version.partition("-")
+    numbers = tuple(int(n) for n in re.findall(r"\d+", release))
+    return numbers, 0 if prerelease else 1
+
+
+def _check_assemblies(assembly_dir: Path) -> None:
+    missing = [name for name in REQUIRED_FILES if not (assembly_dir / name).is_file()]
+    if missing:
+        raise BridgeLoadError(
+            f"the bridge's .NET assemblies are not built ({', '.join(missing)} missing in "
+            f"{assembly_dir}); run ./setup.sh"
+        )
+
+
+def _start_pythonnet(hostfxr_path: Path, dotnet_root: Path, assembly_dir: Path) -> None:
+    try:
+        hostfxr = ctypes.CDLL(str(hostfxr_path))
+    except OSError as e:
+        raise BridgeLoadError(f"cannot load {hostfxr_path}: {e}") from e
+
+    hostfxr.hostfxr_set_error_writer.argtypes = [hostfxr_error_writer_fn]
+    hostfxr.hostfxr_set_error_writer.restype = ctypes.c_void_p
+    hostfxr.hostfxr_initialize_for_runtime_config.argtypes = [
+        ctypes.c_char_p, ctypes.POINTER(hostfxr_initialize_parameters), ctypes.POINTER(ctypes.c_void_p)]
+    hostfxr.hostfxr_initialize_for_runtime_config.restype = ctypes.c_int32
+    hostfxr.hostfxr_get_runtime_delegate.argtypes = [
+        ctypes.c_void_p, ctypes.c_int32, ctypes.POINTER(ctypes.c_void_p)]
+    hostfxr.hostfxr_get_runtime_delegate.restype = ctypes.c_int32
+    hostfxr.hostfxr_close.argtypes = [ctypes.c_void_p]
+    hostfxr.hostfxr_close.restype = ctypes.c_int32
+
+    # hostfxr explains its failures (a missing framework, ...) through the error writer.
+    messages: list[str] = []
+    writer = hostfxr_error_writer_fn(lambda m: messages.append(m.decode(errors="replace")))
+    hostfxr.hostfxr_set_error_writer(writer)
+
+    def fail(what: str, rc: int) -> BridgeLoadError:
+        detail = "; ".join(m.strip() for m in messages if m.strip())
+        return BridgeLoadError(f"{what} failed with {rc & 0xFFFFFFFF:#010x}" + (f": {detail}" if detail else ""))
+
+    params = hostfxr_initialize_parameters(
+        ctypes.sizeof(hostfxr_initialize_parameters), None, str(dotnet_root).encode())
+    handle = ctypes.c_void_p()
+    try:
+        rc = hostfxr.hostfxr_initialize_for_runtime_config(
+            str(assembly_dir / RUNTIME_CONFIG).encode(), ctypes.byref(params), ctypes.byref(handle))
+        if rc < 0 or not handle:  # 0, 1 and 2 are the Success codes
+            raise fail("hostfxr_initialize_for_runtime_config", rc)
+        try:
+            delegate = ctypes.c_void_p()
+            rc = hostfxr.hostfxr_get_runtime_delegate(
+                handle, HDT_LOAD_ASSEMBLY_AND_GET_FUNCTION_POINTER, ctypes.byref(delegate))
+            if rc < 0 or not delegate:
+                raise fail("hostfxr_get_runtime_delegate", rc)
+        finally:
+            hostfxr.hostfxr_close(handle)  # the runtime stays; only the init context goes
+
+        load_assembly = load_assembly_and_get_function_pointer_fn(delegate.value)
+        entry = ctypes.c_void_p()
+        rc = load_assembly(str(assembly_dir / PYTHON_RUNTIME).encode(), b"Python.Runtime.Loader, Python.Runtime",
+                           b"Initialize", None, None, ctypes.byref(entry))
+        if rc < 0 or not entry:
+            raise fail("loading Python.Runtime.Loader.Initialize", rc)
+    finally:
+        hostfxr.hostfxr_set_error_writer(hostfxr_error_writer_fn())
+
+    # ctypes releases the GIL around the call; Initialize takes it back with PyGILState_Ensure.
+    empty = ctypes.create_string_buffer(0)
+    if component_entry_point_fn(entry.value)(ctypes.addressof(empty), 0) != 0:
+        raise BridgeLoadError("Python.Runtime.Loader.Initialize failed (pythonnet printed why on stderr)")
+
+
+def _load_recorder(assembly_dir: Path) -> None:
+    try:
+        import clr  # registered by Loader.Initialize
+
+        clr.AddReference(str(assembly_dir / RECORDER))
+    except Exception as e:  # pythonnet raises .NET exceptions (FileLoadException, ...) as they are
+        raise BridgeLoadError(f"cannot load {assembly_dir / RECORDER}: {e}") from e

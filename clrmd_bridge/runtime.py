@@ -1,0 +1,102 @@
+"""Ask ClrMD, inside this process, what memory the CLR of a live target owns and reads.
+
+The walk itself runs in C# (clrmd_bridge/Recorder, ``ClrmdBridge.ClrMemoryWalker``): one call
+across pythonnet instead of one per object. The names here are ClrMD's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from . import host
+from .errors import ClrReadError, NoClrRuntimeError
+
+log = logging.getLogger(__name__)
+
+DEPTHS = ("mini", "heap")
+USER_REGS_SIZE = 27 * 8     # struct user_regs_struct on x86-64 Linux, as NT_PRSTATUS holds it
+
+# Kind names of ClrMemory, in ClrMD's vocabulary.
+GC_SEGMENT_PREFIX = "GCSegment:"     # + GCSegmentKind: Generation0..2, Large, Pinned, Frozen, Ephemeral
+NATIVE_HEAP_PREFIX = "NativeHeap:"   # + NativeHeapKind: LoaderCodeHeap, HandleTable, GCFreeRegion, ...
+JIT_CODE_HEAP = "JitCodeHeap"        # the JIT managers' code heaps
+MODULE_IMAGE = "ModuleImage"         # a managed module's image (ImageBase, Size): informational
+DAC_READ = "DacRead"                 # pages that ClrMD and the DAC read during the walk
+
+
+class ClrMemory(NamedTuple):
+    """One range of the target's memory, [start, end), and why ClrMD knows of it."""
+
+    start: int
+    end: int
+    kind: str
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+@dataclass
+class ClrReadout:
+    runtime_base: int                 # load address of libcoreclr.so
+    runtime_version: str
+    memory: list[ClrMemory]
+    threads_walked: int
+    managed_frames: int = 0           # frames with a managed method, over all threads walked
+    dac_read_count: int = 0           # reads that succeeded, before merging into pages
+    warnings: list[str] = field(default_factory=list)   # listers that failed; the rest went on
+
+    def of_kind(self, kind: str) -> list[ClrMemory]:
+        """The ranges of one kind, or of every kind that starts with a prefix such as "GCSegment:"."""
+        if kind.endswith(":"):
+            return [m for m in self.memory if m.kind.startswith(kind)]
+        return [m for m in self.memory if m.kind == kind]
+
+
+def read_clr(pid: int, thread_registers: dict[int, bytes], depth: str) -> ClrReadout:
+    """Walk the CLR of a live process, which may be held stopped by our PTRACE_SEIZE.
+
+    ``thread_registers`` maps each thread id to its raw x86-64 ``user_regs_struct`` (NT_PRSTATUS),
+    which the DAC gets as the thread's context. ``depth`` is "mini" (managed stacks) or "heap"
+    (stacks, plus GC segments, native heaps, handles, roots, every object's type).
+    """
+    if depth not in DEPTHS:
+        raise ValueError(f"depth must be one of {DEPTHS}, not {depth!r}")
+    for tid, regs in thread_registers.items():
+        if len(regs) != USER_REGS_SIZE:
+            raise ValueError(f"registers of thread {tid} are {len(regs)} bytes, not {USER_REGS_SIZE}")
+
+    host.load()
+    import System  # these modules exist only once .NET is loaded
+    from ClrmdBridge import ClrMemoryWalker, NoClrRuntimeException
+
+    tids = System.Array[System.UInt32](list(thread_registers))
+    regs = System.Array[System.Byte](b"".join(thread_registers.values()))
+    started = time.perf_counter()
+    try:
+        result = ClrMemoryWalker.Read(pid, tids, regs, depth)
+    except NoClrRuntimeException as e:
+        raise NoClrRuntimeError(str(e.Message)) from None
+    except System.Exception as e:
+        raise ClrReadError(f"ClrMD could not read process {pid}: {e.GetType().Name}: {e.Message}") from None
+
+    kinds = list(result.KindNames)
+    flat = list(result.Ranges)
+    memory = [ClrMemory(flat[i], flat[i + 1], kinds[flat[i + 2]]) for i in range(0, len(flat), 3)]
+    readout = ClrReadout(
+        runtime_base=result.RuntimeBase,
+        runtime_version=str(result.RuntimeVersion),
+        memory=memory,
+        threads_walked=result.ThreadsWalked,
+        managed_frames=result.ManagedFrames,
+        dac_read_count=result.DacReadCount,
+        warnings=[str(w) for w in result.Warnings],
+    )
+    for warning in readout.warnings:
+        log.warning("ClrMD: %s", warning)
+    log.debug("read_clr(%d, %s): %d ranges, %d threads, %.3f s (walk %.3f s)", pid, depth, len(memory),
+              readout.threads_walked, time.perf_counter() - started, result.WalkSeconds)
+    return readout
