@@ -27,7 +27,9 @@ RUNTIME_CONFIG = "Recorder.runtimeconfig.json"
 PYTHON_RUNTIME = "Python.Runtime.dll"
 RECORDER = "Recorder.dll"
 REQUIRED_FILES = (RUNTIME_CONFIG, PYTHON_RUNTIME, RECORDER, "Microsoft.Diagnostics.Runtime.dll")
-DOTNET_ROOT_FALLBACKS = (Path("/usr/share/dotnet"), Path("/usr/lib/dotnet"))
+DOTNET_ROOT_FALLBACKS = ((Path(os.environ.get("ProgramFiles", "C:/Program Files")) / "dotnet",)
+                         if os.name == "nt" else (Path("/usr/share/dotnet"), Path("/usr/lib/dotnet")))
+HOSTFXR = "hostfxr.dll" if os.name == "nt" else "libhostfxr.so"
 
 HDT_LOAD_ASSEMBLY_AND_GET_FUNCTION_POINTER = 5  # enum hostfxr_delegate_type
 
@@ -36,21 +38,29 @@ _loaded_from: Path | None = None
 _pythonnet_started = False   # it cannot start twice in one process, even if loading Recorder failed
 
 
+# hostfxr's char_t is UTF-16 wchar_t on Windows and UTF-8 char elsewhere.
+char_t_p = ctypes.c_wchar_p if os.name == "nt" else ctypes.c_char_p
+
+
+def _char_t(text: str) -> str | bytes:
+    return text if os.name == "nt" else text.encode()
+
+
 class hostfxr_initialize_parameters(ctypes.Structure):
     _fields_ = [
         ("size", ctypes.c_size_t),
-        ("host_path", ctypes.c_char_p),
-        ("dotnet_root", ctypes.c_char_p),
+        ("host_path", char_t_p),
+        ("dotnet_root", char_t_p),
     ]
 
 
-hostfxr_error_writer_fn = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
+hostfxr_error_writer_fn = ctypes.CFUNCTYPE(None, char_t_p)
 load_assembly_and_get_function_pointer_fn = ctypes.CFUNCTYPE(
     ctypes.c_int32,
-    ctypes.c_char_p,                  # assembly_path
-    ctypes.c_char_p,                  # type_name (assembly-qualified)
-    ctypes.c_char_p,                  # method_name
-    ctypes.c_char_p,                  # delegate_type_name; NULL: int(IntPtr, int)
+    char_t_p,                         # assembly_path
+    char_t_p,                         # type_name (assembly-qualified)
+    char_t_p,                         # method_name
+    char_t_p,                         # delegate_type_name; NULL: int(IntPtr, int)
     ctypes.c_void_p,                  # reserved
     ctypes.POINTER(ctypes.c_void_p),  # out: the function pointer
 )
@@ -98,10 +108,10 @@ def find_dotnet_root() -> Path:
 
 
 def find_hostfxr(dotnet_root: Path) -> Path:
-    """The newest <dotnet root>/host/fxr/<version>/libhostfxr.so."""
-    found = list((dotnet_root / "host" / "fxr").glob("*/libhostfxr.so"))
+    """The newest <dotnet root>/host/fxr/<version>/libhostfxr.so (hostfxr.dll on Windows)."""
+    found = list((dotnet_root / "host" / "fxr").glob(f"*/{HOSTFXR}"))
     if not found:
-        raise BridgeLoadError(f"no libhostfxr.so under {dotnet_root / 'host' / 'fxr'}")
+        raise BridgeLoadError(f"no {HOSTFXR} under {dotnet_root / 'host' / 'fxr'}")
     return max(found, key=lambda p: _version_key(p.parent.name))
 
 
@@ -130,7 +140,7 @@ def _start_pythonnet(hostfxr_path: Path, dotnet_root: Path, assembly_dir: Path) 
     hostfxr.hostfxr_set_error_writer.argtypes = [hostfxr_error_writer_fn]
     hostfxr.hostfxr_set_error_writer.restype = ctypes.c_void_p
     hostfxr.hostfxr_initialize_for_runtime_config.argtypes = [
-        ctypes.c_char_p, ctypes.POINTER(hostfxr_initialize_parameters), ctypes.POINTER(ctypes.c_void_p)]
+        char_t_p, ctypes.POINTER(hostfxr_initialize_parameters), ctypes.POINTER(ctypes.c_void_p)]
     hostfxr.hostfxr_initialize_for_runtime_config.restype = ctypes.c_int32
     hostfxr.hostfxr_get_runtime_delegate.argtypes = [
         ctypes.c_void_p, ctypes.c_int32, ctypes.POINTER(ctypes.c_void_p)]
@@ -140,7 +150,8 @@ def _start_pythonnet(hostfxr_path: Path, dotnet_root: Path, assembly_dir: Path) 
 
     # hostfxr explains its failures (a missing framework, ...) through the error writer.
     messages: list[str] = []
-    writer = hostfxr_error_writer_fn(lambda m: messages.append(m.decode(errors="replace")))
+    writer = hostfxr_error_writer_fn(
+        lambda m: messages.append(m if isinstance(m, str) else m.decode(errors="replace")))
     hostfxr.hostfxr_set_error_writer(writer)
 
     def fail(what: str, rc: int) -> BridgeLoadError:
@@ -148,11 +159,11 @@ def _start_pythonnet(hostfxr_path: Path, dotnet_root: Path, assembly_dir: Path) 
         return BridgeLoadError(f"{what} failed with {rc & 0xFFFFFFFF:#010x}" + (f": {detail}" if detail else ""))
 
     params = hostfxr_initialize_parameters(
-        ctypes.sizeof(hostfxr_initialize_parameters), None, str(dotnet_root).encode())
+        ctypes.sizeof(hostfxr_initialize_parameters), None, _char_t(str(dotnet_root)))
     handle = ctypes.c_void_p()
     try:
         rc = hostfxr.hostfxr_initialize_for_runtime_config(
-            str(assembly_dir / RUNTIME_CONFIG).encode(), ctypes.byref(params), ctypes.byref(handle))
+            _char_t(str(assembly_dir / RUNTIME_CONFIG)), ctypes.byref(params), ctypes.byref(handle))
         if rc < 0 or not handle:  # 0, 1 and 2 are the Success codes
             raise fail("hostfxr_initialize_for_runtime_config", rc)
         try:
@@ -166,8 +177,9 @@ def _start_pythonnet(hostfxr_path: Path, dotnet_root: Path, assembly_dir: Path) 
 
         load_assembly = load_assembly_and_get_function_pointer_fn(delegate.value)
         entry = ctypes.c_void_p()
-        rc = load_assembly(str(assembly_dir / PYTHON_RUNTIME).encode(), b"Python.Runtime.Loader, Python.Runtime",
-                           b"Initialize", None, None, ctypes.byref(entry))
+        rc = load_assembly(_char_t(str(assembly_dir / PYTHON_RUNTIME)),
+                           _char_t("Python.Runtime.Loader, Python.Runtime"), _char_t("Initialize"),
+                           None, None, ctypes.byref(entry))
         if rc < 0 or not entry:
             raise fail("loading Python.Runtime.Loader.Initialize", rc)
     finally:

@@ -5,13 +5,15 @@ The target is resumed on every path, and the output appears under its name only 
 
 from __future__ import annotations
 
+import glob
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from minidumper.errors import MinidumperError, NotDotnetError, RuntimeBridgeError
+from minidumper.errors import NotDotnetError, RuntimeBridgeError
 from minidumper.model import DumpMode, DumpPlan, ProcessSnapshot
 from minidumper.output import OutputFile
 from minidumper.plan import modes, native, select
@@ -49,7 +51,7 @@ def write_dump(pid: int, path: str, mode: DumpMode = DumpMode.HEAP, *,
                progress: DumpProgress | None = None) -> DumpResult:
     """Writes a dump of process `pid` to `path` (which must not exist). Returns what was written."""
     if sys.platform == "win32":
-        raise MinidumperError("the Windows engine is not wired to write_dump yet")
+        return _write_windows_minidump(pid, path, mode)
     return _write_linux_core(pid, path, mode, progress)
 
 
@@ -63,12 +65,17 @@ def _write_linux_core(pid: int, path: str, mode: DumpMode,
     started = time.monotonic()
     targets.describe(pid)
     depth = modes.clr_depth(mode)
-    bridge = _load_bridge(pid, procfs.read_maps(pid)) if depth else None
+    bridge = None
+    if depth:
+        if not _looks_like_dotnet(pid, procfs.read_maps(pid)):
+            raise NotDotnetError(f"process {pid} is not a .NET process (no libcoreclr.so is loaded)")
+        bridge = _load_bridge(pid)
 
     with OutputFile(path) as output:
         with PausedProcess(pid) as paused:
             snapshot = paused.snapshot()
-            clr_ranges = _read_clr(bridge, snapshot, depth) if bridge else []
+            clr_ranges = (_read_clr(bridge, pid, {t.tid: t.prstatus_regs for t in snapshot.threads},
+                                    depth) if bridge else [])
             plan = select.select(snapshot, mode, paused.memory.read, clr_ranges)
             log.debug("plan: %d ranges, %d bytes: %s", len(plan.ranges), plan.total_bytes,
                       plan.bytes_by_kind())
@@ -86,6 +93,27 @@ def _write_linux_core(pid: int, path: str, mode: DumpMode,
     return _result(output.path, snapshot, plan, size, paused.paused_seconds, started)
 
 
+def _write_windows_minidump(pid: int, path: str, mode: DumpMode) -> DumpResult:
+    """dbghelp pauses and resumes the target itself; the plan hands it the CLR's ranges."""
+    from minidumper.engines.windows.engine import write_minidump
+    from minidumper.plan import windows as windows_plan
+
+    started = time.monotonic()
+    depth = modes.clr_depth(mode)
+    clr_ranges: list[tuple[int, int, str]] = []
+    if depth and windows_plan.feeds_ranges(mode):
+        # No registers to hand over: on Windows ClrMD's own reader has the true thread contexts.
+        clr_ranges = _read_clr(_load_bridge(pid), pid, {}, depth)
+    plan = select.select_clr_only(mode, clr_ranges)
+    with OutputFile(path) as output:
+        written = write_minidump(pid, output.fd, windows_plan.minidump_type(mode), plan.ranges,
+                                 windows_plan.include_module_code(mode), lambda: False)
+        output.commit()
+    return DumpResult(path=output.path, pid=pid, mode=mode, bytes_written=written.bytes_written,
+                      threads=written.threads, ranges_by_kind=plan.bytes_by_kind(),
+                      paused_seconds=written.seconds, total_seconds=time.monotonic() - started)
+
+
 def _result(path: str, snapshot: ProcessSnapshot, plan: DumpPlan, size: int,
             paused_seconds: float, started: float) -> DumpResult:
     return DumpResult(path=path, pid=snapshot.pid, mode=plan.mode, bytes_written=size,
@@ -93,10 +121,17 @@ def _result(path: str, snapshot: ProcessSnapshot, plan: DumpPlan, size: int,
                       paused_seconds=paused_seconds, total_seconds=time.monotonic() - started)
 
 
-def _load_bridge(pid: int, mappings: list) -> object:
+def _looks_like_dotnet(pid: int, mappings: list) -> bool:
+    """libcoreclr is mapped, or (single-file apps link it in) the runtime's diagnostics socket
+    exists. The bridge has the last word; this only spares a plain native process the pause."""
+    if any(native.is_runtime_module(m.path) for m in mappings):
+        return True
+    socket_dir = os.environ.get("TMPDIR", "/tmp")
+    return bool(glob.glob(os.path.join(socket_dir, f"dotnet-diagnostic-{pid}-*-socket")))
+
+
+def _load_bridge(pid: int) -> object:
     """Starts .NET in this process before the target is paused, so the pause stays short."""
-    if not any(native.is_runtime_module(m.path) for m in mappings):
-        raise NotDotnetError(f"process {pid} is not a .NET process (no libcoreclr.so is loaded)")
     try:
         import clrmd_bridge
         clrmd_bridge.load()
@@ -107,12 +142,11 @@ def _load_bridge(pid: int, mappings: list) -> object:
     return clrmd_bridge
 
 
-def _read_clr(bridge, snapshot: ProcessSnapshot, depth: str) -> list[tuple[int, int, str]]:
-    registers = {t.tid: t.prstatus_regs for t in snapshot.threads}
+def _read_clr(bridge, pid: int, registers: dict[int, bytes], depth: str) -> list[tuple[int, int, str]]:
     try:
-        readout = bridge.read_clr(snapshot.pid, registers, depth)
+        readout = bridge.read_clr(pid, registers, depth)
     except bridge.NoClrRuntimeError as error:
-        raise NotDotnetError(f"process {snapshot.pid} has no CLR the bridge can read: {error}") from error
+        raise NotDotnetError(f"process {pid} has no CLR the bridge can read: {error}") from error
     except bridge.ClrBridgeError as error:
         raise RuntimeBridgeError(f"reading the CLR failed: {error}") from error
     return [(m.start, m.end, m.kind) for m in readout.memory]

@@ -34,7 +34,10 @@ class OutputFile:
         self.fd: int | None = None
 
     def __enter__(self) -> OutputFile:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        # O_NOFOLLOW and O_CLOEXEC are POSIX; O_BINARY is Windows'. O_EXCL alone never follows a
+        # final symlink either.
+        flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                 | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
         try:
             self.fd = os.open(self.temporary_path, flags, 0o600)
         except OSError as error:

@@ -55,8 +55,9 @@ namespace ClrmdBridge
             Dictionary<uint, UserRegsStruct> registers = SplitRegisters(threadIds, userRegs);
 
             Stopwatch clock = Stopwatch.StartNew();
-            // suspend: false reads with process_vm_readv only; the target may be held by our tracer.
-            DataTarget live = DataTarget.AttachToProcess(pid, suspend: false);
+            // On Linux the target is held by our tracer: suspend: false reads with process_vm_readv
+            // only. On Windows nobody holds it, and suspending threads there needs no tracer.
+            DataTarget live = DataTarget.AttachToProcess(pid, suspend: OperatingSystem.IsWindows());
             RecordingDataReader reader = new(live.DataReader, registers, innerOwner: live);
             using DataTarget target = new(new CustomDataTarget(reader));  // disposes reader, then live
             if (target.ClrVersions.Length == 0)

@@ -41,6 +41,10 @@ namespace ClrmdBridge
 
         public bool GetThreadContext(uint threadID, uint contextFlags, Span<byte> context)
         {
+            // Given no registers at all, the live reader's own contexts are right (Windows, or a
+            // target we do not hold); given some, a thread left out has none.
+            if (_registers.Count == 0)
+                return _inner.GetThreadContext(threadID, contextFlags, context);
             if (Architecture != Architecture.X64 || !_registers.TryGetValue(threadID, out UserRegsStruct regs))
                 return false;
             return regs.CopyTo(contextFlags, context);

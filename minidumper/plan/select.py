@@ -48,10 +48,7 @@ def select(snapshot: ProcessSnapshot, mode: DumpMode, read: native.ReadMemory,
         wanted += native.runtime_data(snapshot)
     if Part.PE_HEADERS in parts:
         wanted += native.pe_headers(snapshot, read)
-    for start, end, clr_kind in clr_ranges:
-        kind = clr_range_kind(clr_kind, mode)
-        if kind is not None and end > start:
-            wanted.append(native.pages(start, end, kind))
+    wanted += _clr_pieces(mode, clr_ranges)
 
     ranges = clip_to(merge(wanted), [m for m in snapshot.mappings if dumpable(m)])
     synthetic = []
@@ -59,6 +56,20 @@ def select(snapshot: ProcessSnapshot, mode: DumpMode, read: native.ReadMemory,
     if Part.DIAG_INFO in parts and base is not None and not _overlaps(ranges, DIAG_INFO_ADDRESS):
         synthetic.append(SyntheticRange(DIAG_INFO_ADDRESS, diag_info_page(base), RangeKind.DIAG_INFO))
     return DumpPlan(mode=mode, ranges=ranges, synthetic=synthetic)
+
+
+def select_clr_only(mode: DumpMode, clr_ranges: Sequence[tuple[int, int, str]]) -> DumpPlan:
+    """The CLR's part of a plan alone: where the engine (dbghelp) gathers the native part itself."""
+    return DumpPlan(mode=mode, ranges=merge(_clr_pieces(mode, clr_ranges)))
+
+
+def _clr_pieces(mode: DumpMode, clr_ranges: Sequence[tuple[int, int, str]]) -> list[MemoryRange]:
+    pieces = []
+    for start, end, clr_kind in clr_ranges:
+        kind = clr_range_kind(clr_kind, mode)
+        if kind is not None and end > start:
+            pieces.append(native.pages(start, end, kind))
+    return pieces
 
 
 def diag_info_page(runtime_base: int) -> bytes:

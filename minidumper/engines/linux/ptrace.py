@@ -118,6 +118,10 @@ class ThreadGroupTracer:
                     pending.discard(tid)
             if not pending:
                 return
+            # Threads stopped earlier may have died since (the target was killed): collect them,
+            # or the leader's death is never reported.
+            for tid in sorted(set(self.held) - pending):
+                self._collect_if_dead(tid)
             if time.monotonic() > deadline:
                 raise TargetExitedError(
                     f"threads {sorted(pending)} of process {self.pid} did not stop within "
@@ -142,6 +146,15 @@ class ThreadGroupTracer:
             # that detaching delivers it as if we had never been here.
             self.held[tid].pending_signal = os.WSTOPSIG(status)
         return True
+
+    def _collect_if_dead(self, tid: int) -> None:
+        try:
+            waited, status = os.waitpid(tid, os.WNOHANG | WALL)
+        except ChildProcessError:
+            self._forget(tid)
+            return
+        if waited == tid and (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
+            self._forget(tid)
 
     def _forget(self, tid: int) -> None:
         self.held.pop(tid, None)
