@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 from minidumper.engines.linux import procfs
-from minidumper.errors import AccessDeniedError, TargetNotFoundError
+from minidumper.errors import AccessDeniedError, TargetNotFoundError, UsageError
 
 DOTNET_HOSTS = {"dotnet", "dotnet.exe"}
 
@@ -48,6 +49,8 @@ def names_of(info: ProcessInfo) -> set[str]:
 
 
 def find_by_name(name: str) -> ProcessInfo:
+    if sys.platform == "win32":
+        raise UsageError("--pn is not supported on Windows yet; give the target with --pid")
     matches = []
     for pid in procfs.all_pids():
         if pid == os.getpid():
