@@ -60,7 +60,7 @@ def _write_linux_core(pid: int, path: str, mode: DumpMode,
     from minidumper import targets
     from minidumper.engines.linux import procfs
     from minidumper.engines.linux.core_writer import CoreWriter
-    from minidumper.engines.linux.session import PausedProcess, capture_budget_bytes
+    from minidumper.engines.linux.session import PausedProcess
 
     started = time.monotonic()
     targets.describe(pid)
@@ -79,17 +79,21 @@ def _write_linux_core(pid: int, path: str, mode: DumpMode,
             plan = select.select(snapshot, mode, paused.memory.read, clr_ranges)
             log.debug("plan: %d ranges, %d bytes: %s", len(plan.ranges), plan.total_bytes,
                       plan.bytes_by_kind())
-            if plan.total_bytes <= capture_budget_bytes():
-                pieces = paused.capture(plan.ranges)
-                paused.resume()
-            else:
-                log.debug("plan is larger than the memory budget: writing while paused")
-                pieces = paused.stream(plan.ranges)
             if progress:
                 progress.start(plan.total_bytes)
-            size = CoreWriter(output, snapshot, plan).write(
-                pieces, progress.advance if progress else None)
-        output.commit()
+            advance = progress.advance if progress else None
+            writer = CoreWriter(output, snapshot, plan)
+            mapping = output.map(writer.planned_size)
+            if mapping is not None:
+                # The target's memory goes straight into the file's pages: one copy, then resume.
+                with memoryview(mapping) as destination:
+                    writer.fill(paused.memory, destination, advance)
+                paused.resume()
+                size = writer.finish()
+            else:
+                log.debug("the output cannot be mapped: writing while the target is paused")
+                size = writer.write(paused.stream(plan.ranges), advance)
+        output.commit(size)
     return _result(output.path, snapshot, plan, size, paused.paused_seconds, started)
 
 
@@ -108,7 +112,7 @@ def _write_windows_minidump(pid: int, path: str, mode: DumpMode) -> DumpResult:
     with OutputFile(path) as output:
         written = write_minidump(pid, output.fd, windows_plan.minidump_type(mode), plan.ranges,
                                  windows_plan.include_module_code(mode), lambda: False)
-        output.commit()
+        output.commit(written.bytes_written)
     return DumpResult(path=output.path, pid=pid, mode=mode, bytes_written=written.bytes_written,
                       threads=written.threads, ranges_by_kind=plan.bytes_by_kind(),
                       paused_seconds=written.seconds, total_seconds=time.monotonic() - started)

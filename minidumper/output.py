@@ -6,6 +6,7 @@ Dumps hold secrets: mode 0600, and never through a symlink.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 
 from minidumper.errors import OutputError
@@ -32,6 +33,7 @@ class OutputFile:
         self.temporary_path = os.path.join(
             directory, f".{os.path.basename(self.path)}.{os.getpid()}.minidumper-partial")
         self.fd: int | None = None
+        self._mapping: mmap.mmap | None = None
 
     def __enter__(self) -> OutputFile:
         # O_NOFOLLOW and O_CLOEXEC are POSIX; O_BINARY is Windows'. O_EXCL alone never follows a
@@ -45,6 +47,7 @@ class OutputFile:
         return self
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
+        self._unmap()
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
@@ -56,6 +59,29 @@ class OutputFile:
             os.unlink(self.temporary_path)
         except FileNotFoundError:
             pass
+
+    def map(self, size: int) -> mmap.mmap | None:
+        """The file, grown to size with its blocks reserved, mapped for writing in place; None
+        where the filesystem cannot reserve blocks (writing through a mapping there could fault).
+        """
+        try:
+            os.posix_fallocate(self.fd, 0, size)
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise OutputError(f"cannot write {self.path}: {_describe(error)}") from error
+            return None
+        try:
+            self._mapping = mmap.mmap(self.fd, size, mmap.MAP_SHARED,
+                                      mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError:
+            os.ftruncate(self.fd, 0)
+            return None
+        return self._mapping
+
+    def _unmap(self) -> None:
+        if self._mapping is not None:
+            self._mapping.close()
+            self._mapping = None
 
     def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -75,8 +101,14 @@ class OutputFile:
     def seek(self, offset: int) -> None:
         os.lseek(self.fd, offset, os.SEEK_SET)
 
-    def commit(self) -> None:
-        """Closes the file and gives it its real name, unless something took that name meanwhile."""
+    def commit(self, size: int) -> None:
+        """Cuts the file to size, closes it and gives it its real name, unless something took
+        that name meanwhile."""
+        self._unmap()
+        try:
+            os.ftruncate(self.fd, size)
+        except OSError as error:
+            raise OutputError(f"writing {self.path} failed: {_describe(error)}") from error
         os.close(self.fd)
         self.fd = None
         try:

@@ -2,6 +2,9 @@
 
 Which pages of a range can really be read is known only while reading, so the header area is
 reserved up front with room for the segments that holes may add; it is filled in at the end.
+
+Two ways to put the memory in: fill(), which reads the target straight into the output file
+mapped in memory (one copy, laid out as planned), and write(), which writes pieces as they come.
 """
 
 from __future__ import annotations
@@ -15,6 +18,10 @@ from minidumper.engines.linux import elf
 from minidumper.model import PAGE_SIZE, DumpPlan, Mapping, ProcessSnapshot
 
 PIECE = tuple[int, memoryview]
+
+
+class MemorySource(Protocol):
+    def fill(self, start: int, end: int, destination: memoryview) -> Iterable[tuple[int, int]]: ...
 
 
 class OutputSink(Protocol):
@@ -108,6 +115,36 @@ class CoreWriter:
         self._offset = self._data_start
         self._segments: list[LoadSegment] = []
 
+    @property
+    def planned_size(self) -> int:
+        """The file's size if every planned page reads: what fill() needs mapped."""
+        return (self._data_start + self._plan.total_bytes
+                + sum(len(s.contents) for s in self._plan.synthetic))
+
+    def fill(self, memory: MemorySource, destination: memoryview,
+             progress: Callable[[int], None] | None = None) -> None:
+        """Reads every planned range into its place in the mapped file. Unreadable pages stay
+        zero there and out of the segments, unless there are too many holes to list."""
+        for memory_range in self._plan.ranges:
+            base = self._offset
+            view = destination[base:base + memory_range.size]
+            for address, length in memory.fill(memory_range.start, memory_range.end, view):
+                self._add_piece(address, view[address - memory_range.start:][:length],
+                                placed_at=base + address - memory_range.start)
+                if progress:
+                    progress(length)
+            self._offset = base + memory_range.size
+        for synthetic in self._plan.synthetic:
+            destination[self._offset:self._offset + len(synthetic.contents)] = synthetic.contents
+            self._add_piece(synthetic.address, memoryview(synthetic.contents), elf.PF_R,
+                            placed_at=self._offset)
+            self._offset += len(synthetic.contents)
+
+    def finish(self) -> int:
+        """After fill(): the headers. Returns the file's size."""
+        self._write_headers()
+        return self._offset
+
     def write(self, pieces: Iterable[PIECE], progress: Callable[[int], None] | None = None) -> int:
         """Writes the pieces (ascending addresses), then the synthetic ranges, then the headers."""
         self._sink.seek(self._data_start)
@@ -120,14 +157,21 @@ class CoreWriter:
         self._write_headers()
         return self._offset
 
-    def _add_piece(self, address: int, data: memoryview, forced_flags: int | None = None) -> None:
+    def _add_piece(self, address: int, data: memoryview, forced_flags: int | None = None,
+                   placed_at: int | None = None) -> None:
+        """Adds memory to the segments: written at the end of the file, or, with placed_at,
+        already in the file there."""
         while data:
             if forced_flags is None:
                 flags, mapping_end = self._flags.at(address)
             else:
                 flags, mapping_end = forced_flags, address + len(data)
             part = data[:mapping_end - address]
-            self._append(address, part, flags)
+            if placed_at is None:
+                self._append(address, part, flags)
+            else:
+                self._record(address, placed_at, len(part), flags)
+                placed_at += len(part)
             address += len(part)
             data = data[len(part):]
 
@@ -135,16 +179,25 @@ class CoreWriter:
         last = self._segments[-1] if self._segments else None
         if last and last.flags == flags and last.vaddr + last.size <= address:
             gap = address - (last.vaddr + last.size)
-            if gap == 0 or (len(self._segments) >= self._max_loads and gap <= 64 * PAGE_SIZE):
-                if gap:
-                    self._sink.write(bytes(gap))
-                self._sink.write(data)
-                last.size += gap + len(data)
-                self._offset += gap + len(data)
-                return
-        self._segments.append(LoadSegment(address, self._offset, len(data), flags))
+            if gap and len(self._segments) >= self._max_loads and gap <= 64 * PAGE_SIZE:
+                self._sink.write(bytes(gap))
+                self._offset += gap
+        self._record(address, self._offset, len(data), flags)
         self._sink.write(data)
         self._offset += len(data)
+
+    def _record(self, address: int, offset: int, size: int, flags: int) -> None:
+        """Extends the last segment where the memory and the file both go on; else starts one.
+        Past the reserved count, a hole in memory is bridged if the file holds it (as zeros)."""
+        last = self._segments[-1] if self._segments else None
+        if last and last.flags == flags:
+            memory_gap = address - (last.vaddr + last.size)
+            file_gap = offset - (last.offset + last.size)
+            if memory_gap == file_gap == 0 or (
+                    memory_gap == file_gap > 0 and len(self._segments) >= self._max_loads):
+                last.size += memory_gap + size
+                return
+        self._segments.append(LoadSegment(address, offset, size, flags))
 
     def _write_headers(self) -> None:
         loads = sorted(self._segments, key=lambda s: s.vaddr)

@@ -36,37 +36,43 @@ class ProcessMemory:
 
     def read_pieces(self, start: int, end: int) -> Iterator[tuple[int, memoryview]]:
         """(address, bytes) for every readable piece of [start, end), in order."""
+        for chunk_start in range(start, end, CHUNK_SIZE):
+            chunk_end = min(chunk_start + CHUNK_SIZE, end)
+            buffer = memoryview(bytearray(chunk_end - chunk_start))
+            for address, count in self.fill(chunk_start, chunk_end, buffer):
+                offset = address - chunk_start
+                yield address, buffer[offset:offset + count]
+
+    def fill(self, start: int, end: int, destination: memoryview) -> Iterator[tuple[int, int]]:
+        """Reads [start, end) into destination, byte for byte at the same offsets.
+
+        Yields (address, length) of each readable run; what lies between runs is left as it was.
+        """
         address = start
         while address < end:
             size = min(CHUNK_SIZE, end - address)
-            buffer = bytearray(size)
-            count = self._read_into(address, buffer)
+            offset = address - start
+            count = self._read_into(address, destination[offset:offset + size])
             if count > 0:
-                yield address, memoryview(buffer)[:count]
+                yield address, count
                 address += count
-            elif size > PAGE_SIZE:
-                # Something in this chunk faults: go page by page to keep what can be read.
-                yield from self._read_page_by_page(address, address + size)
-                address += size
-            else:
-                address += size
-
-    def _read_page_by_page(self, start: int, end: int) -> Iterator[tuple[int, memoryview]]:
-        run_start, run = start, bytearray()
-        for page in range(start, end, PAGE_SIZE):
-            buffer = bytearray(min(PAGE_SIZE, end - page))
-            if self._read_into(page, buffer) == len(buffer):
-                if not run:
-                    run_start = page
-                run += buffer
                 continue
-            if run:
-                yield run_start, memoryview(run)
-                run = bytearray()
-        if run:
-            yield run_start, memoryview(run)
+            # Something in this chunk faults: go page by page to keep what can be read.
+            run_start = run_end = address
+            for page in range(address, address + size, PAGE_SIZE):
+                page_end = min(page + PAGE_SIZE, address + size)
+                if self._read_into(page, destination[page - start:page_end - start]) == page_end - page:
+                    if run_end != page:
+                        run_start = page
+                    run_end = page_end
+                elif run_end > run_start:
+                    yield run_start, run_end - run_start
+                    run_start = run_end
+            if run_end > run_start:
+                yield run_start, run_end - run_start
+            address += size
 
-    def _read_into(self, address: int, buffer: bytearray) -> int:
+    def _read_into(self, address: int, buffer: bytearray | memoryview) -> int:
         if not buffer:
             return 0
         if self._use_proc_mem:
@@ -88,7 +94,7 @@ class ProcessMemory:
             return self._pread(address, buffer)
         raise last_os_error("process_vm_readv", self.pid)
 
-    def _pread(self, address: int, buffer: bytearray) -> int:
+    def _pread(self, address: int, buffer: bytearray | memoryview) -> int:
         if self._mem_fd is None:
             try:
                 self._mem_fd = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)

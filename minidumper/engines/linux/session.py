@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import struct
 import time
 from collections.abc import Iterator
@@ -88,23 +87,3 @@ class PausedProcess:
         """The readable pieces of the ranges, read as they are asked for."""
         for memory_range in ranges:
             yield from self.memory.read_pieces(memory_range.start, memory_range.end)
-
-    def capture(self, ranges: list[MemoryRange]) -> list[PIECE]:
-        """Every readable piece, read now, so that the target can resume before the write."""
-        return list(self.stream(ranges))
-
-
-def capture_budget_bytes() -> int:
-    """How much memory a snapshot of the target may take in this process: half of what is free."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024 // 2
-    except OSError:
-        pass
-    return 1 << 30
-
-
-def page_size() -> int:
-    return os.sysconf("SC_PAGE_SIZE")

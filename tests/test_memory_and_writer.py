@@ -1,0 +1,106 @@
+"""The Linux engine's reading and writing paths on their own: holes in memory, and the write path
+taken where the output cannot be mapped."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import subprocess
+import sys
+
+from elftools.elf.elffile import ELFFile
+
+from conftest import clrmd_read
+
+from minidumper.engines.linux.memory import ProcessMemory
+from minidumper.model import PAGE_SIZE, DumpMode
+from minidumper.output import OutputFile
+import minidumper
+
+
+def test_fill_skips_pages_that_cannot_be_read(tmp_path):
+    # A one-page file mapped over three pages: the two pages past its end fault (SIGBUS).
+    backing = tmp_path / "one-page"
+    backing.write_bytes(b"A" * 3 * PAGE_SIZE)
+    with open(backing, "r+b") as f:
+        mapped = mmap.mmap(f.fileno(), 3 * PAGE_SIZE, prot=mmap.PROT_READ)
+        f.truncate(PAGE_SIZE)
+    try:
+        address = _address_of(mapped)
+        memory = ProcessMemory(os.getpid())
+        destination = memoryview(bytearray(b"\xee" * 3 * PAGE_SIZE))
+        runs = list(memory.fill(address, address + 3 * PAGE_SIZE, destination))
+        assert runs == [(address, PAGE_SIZE)]
+        assert destination[:PAGE_SIZE] == b"A" * PAGE_SIZE
+        assert destination[PAGE_SIZE:] == b"\xee" * 2 * PAGE_SIZE   # left as it was
+        pieces = list(memory.read_pieces(address, address + 3 * PAGE_SIZE))
+        assert [(a, bytes(d)) for a, d in pieces] == [(address, b"A" * PAGE_SIZE)]
+        assert memory.read(address, 3 * PAGE_SIZE) == b"A" * PAGE_SIZE
+    finally:
+        mapped.close()
+
+
+def test_unmappable_output_is_written_while_paused(heap_app, tmp_path, monkeypatch):
+    monkeypatch.setattr(OutputFile, "map", lambda self, size: None)
+    path = tmp_path / "streamed.core"
+    result = minidumper.write_dump(heap_app.pid, str(path), DumpMode.FULL)
+    heap_app.assert_running()
+    assert result.bytes_written == path.stat().st_size
+    dumped = clrmd_read("--dump", str(path))
+    live = clrmd_read("--pid", str(heap_app.pid))
+    assert dumped["histogram"] == live["histogram"]
+    assert dumped["threads"] == live["threads"]
+
+
+def _address_of(mapped: mmap.mmap) -> int:
+    """Where the mapping of the file named one-page starts, as /proc/self/maps says."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            if "one-page" in line:
+                return int(line.split("-")[0], 16)
+    raise AssertionError("mapping not found")
+
+
+HOLE_MAKER = """
+import mmap, sys, time
+with open(sys.argv[1], "r+b") as f:
+    mapped = mmap.mmap(f.fileno(), 3 * 4096, prot=mmap.PROT_READ)
+    f.truncate(4096)
+for line in open("/proc/self/maps"):
+    if sys.argv[1] in line:
+        print(int(line.split("-")[0], 16), flush=True)
+        break
+time.sleep(300)
+"""
+
+
+def test_core_leaves_unreadable_pages_out_of_its_segments(tmp_path):
+    backing = tmp_path / "hole-backing"
+    backing.write_bytes(b"B" * 3 * PAGE_SIZE)
+    child = subprocess.Popen([sys.executable, "-c", HOLE_MAKER, str(backing)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        address = int(child.stdout.readline())
+        core = tmp_path / "holes.core"
+        result = minidumper.write_dump(child.pid, str(core), DumpMode.FULL)
+        assert result.bytes_written == core.stat().st_size
+        with open(core, "rb") as f:
+            loads = [s for s in ELFFile(f).iter_segments() if s["p_type"] == "PT_LOAD"]
+            holding = [s for s in loads if s["p_vaddr"] <= address < s["p_vaddr"] + s["p_memsz"]]
+            assert len(holding) == 1
+            segment = holding[0]
+            offset = address - segment["p_vaddr"]
+            assert segment.data()[offset:offset + PAGE_SIZE] == b"B" * PAGE_SIZE
+            for s in loads:   # the two pages past the file's end are in no segment
+                assert not (s["p_vaddr"] < address + 3 * PAGE_SIZE
+                            and address + PAGE_SIZE < s["p_vaddr"] + s["p_memsz"])
+        assert _state(child.pid) not in "Tt"
+    finally:
+        child.kill()
+        child.wait()
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as stat:
+        text = stat.read()
+    return text[text.rindex(")") + 2]
