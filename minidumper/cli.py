@@ -108,23 +108,30 @@ def command(pid: int | None, process_name: str | None, output: str, mini: bool, 
 def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _raise_terminated)
     signal.signal(signal.SIGHUP, _raise_terminated)
+    args = sys.argv[1:] if argv is None else argv
     try:
-        command.main(args=argv, prog_name="minidumper", standalone_mode=False)
+        command.main(args=args, prog_name="minidumper", standalone_mode=False)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
     except click.ClickException as error:
         error.show()
-        sys.exit(ExitCode.USAGE)
+        _fail(args, ExitCode.USAGE, "usage error", error.format_message(), shown=True)
     except (KeyboardInterrupt, click.exceptions.Abort, _Terminated):
-        click.echo("minidumper: interrupted; the target was resumed and no dump was written",
-                   err=True)
-        sys.exit(ExitCode.INTERRUPTED)
+        _fail(args, ExitCode.INTERRUPTED, "interrupted",
+              "the target was resumed and no dump was written")
     except MinidumperError as error:
-        click.echo(f"minidumper: error: {error}", err=True)
-        sys.exit(error.exit_code)
+        _fail(args, error.exit_code, "error", str(error))
     except Exception as error:  # the last line of defence: a message, not a traceback
         log.debug("internal error", exc_info=True)
-        click.echo(f"minidumper: internal error: {type(error).__name__}: {error} "
-                   "(run with -v for details)", err=True)
-        sys.exit(ExitCode.INTERNAL)
+        _fail(args, ExitCode.INTERNAL, "internal error",
+              f"{type(error).__name__}: {error} (run with -v for details)")
     sys.exit(ExitCode.OK)
+
+
+def _fail(args: list[str], code: int, label: str, message: str, shown: bool = False) -> None:
+    """The message on stderr; with --json, also one JSON object on stdout for scripts."""
+    if not shown:
+        click.echo(f"minidumper: {label}: {message}", err=True)
+    if "--json" in args:
+        click.echo(json.dumps({"error": message, "exit_code": code}, sort_keys=True))
+    sys.exit(code)

@@ -105,3 +105,12 @@ def test_process_name_finds_a_dotnet_app_by_its_assembly(tmp_path):
             app.assert_running()
     finally:
         stop_app(app)
+
+
+def test_json_errors_are_machine_readable(tmp_path):
+    result = run_minidumper("--pid", "999999999", "-f", str(tmp_path / "x"), "--full", "--json")
+    assert result.returncode == 3
+    assert json.loads(result.stdout) == {"error": "no process with pid 999999999",
+                                         "exit_code": 3}
+    usage = run_minidumper("--pid", "1", "-f", str(tmp_path / "x"), "--full", "--mini", "--json")
+    assert usage.returncode == 2 and json.loads(usage.stdout)["exit_code"] == 2
