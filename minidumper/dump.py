@@ -20,6 +20,8 @@ from minidumper.plan import modes, native, select
 
 log = logging.getLogger(__name__)
 
+OUTPUT_HEADER_ALLOWANCE = 16 << 20   # notes and program headers of a large process fit in this
+
 
 class DumpProgress(Protocol):
     def start(self, total_bytes: int) -> None: ...
@@ -58,20 +60,24 @@ def write_dump(pid: int, path: str, mode: DumpMode = DumpMode.HEAP, *,
 def _write_linux_core(pid: int, path: str, mode: DumpMode,
                       progress: DumpProgress | None) -> DumpResult:
     from minidumper import targets
-    from minidumper.engines.linux import procfs
     from minidumper.engines.linux.core_writer import CoreWriter
     from minidumper.engines.linux.session import PausedProcess
 
     started = time.monotonic()
     targets.describe(pid)
+    mappings = targets.mappings(pid)
     depth = modes.clr_depth(mode)
     bridge = None
     if depth:
-        if not _looks_like_dotnet(pid, procfs.read_maps(pid)):
+        if not _looks_like_dotnet(pid, mappings):
             raise NotDotnetError(f"process {pid} is not a .NET process (no libcoreclr.so is loaded)")
         bridge = _load_bridge(pid)
 
+    expected = select.expected_bytes(mode, mappings)
     with OutputFile(path) as output:
+        if expected:
+            # Allocate the file's pages before the pause, so that the pause is only the copy.
+            output.map(expected + expected // 100 + OUTPUT_HEADER_ALLOWANCE, populate=True)
         with PausedProcess(pid) as paused:
             snapshot = paused.snapshot()
             clr_ranges = (_read_clr(bridge, pid, {t.tid: t.prstatus_regs for t in snapshot.threads},

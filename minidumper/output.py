@@ -11,6 +11,8 @@ import os
 
 from minidumper.errors import OutputError
 
+MADV_POPULATE_WRITE = 23
+
 
 def _describe(error: OSError) -> str:
     if error.errno == errno.ENOSPC:
@@ -38,7 +40,7 @@ class OutputFile:
     def __enter__(self) -> OutputFile:
         # O_NOFOLLOW and O_CLOEXEC are POSIX; O_BINARY is Windows'. O_EXCL alone never follows a
         # final symlink either.
-        flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        flags = (os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
                  | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
         try:
             self.fd = os.open(self.temporary_path, flags, 0o600)
@@ -60,10 +62,15 @@ class OutputFile:
         except FileNotFoundError:
             pass
 
-    def map(self, size: int) -> mmap.mmap | None:
-        """The file, grown to size with its blocks reserved, mapped for writing in place; None
-        where the filesystem cannot reserve blocks (writing through a mapping there could fault).
+    def map(self, size: int, *, populate: bool = False) -> mmap.mmap | None:
+        """The file, grown to at least size with its blocks reserved, mapped for writing in
+        place; None where the filesystem cannot reserve blocks (writing through a mapping there
+        could fault). A mapping that is large enough already is reused. populate allocates every
+        page now, so that writing them later is a plain copy.
         """
+        if self._mapping is not None and len(self._mapping) >= size:
+            return self._mapping
+        self._unmap()
         try:
             os.posix_fallocate(self.fd, 0, size)
         except OSError as error:
@@ -76,6 +83,11 @@ class OutputFile:
         except OSError:
             os.ftruncate(self.fd, 0)
             return None
+        if populate:
+            try:
+                self._mapping.madvise(MADV_POPULATE_WRITE)
+            except OSError:
+                pass   # kernels before 5.14: the pages are allocated as they are written
         return self._mapping
 
     def _unmap(self) -> None:

@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass
 
 from minidumper.engines.linux import procfs
+from minidumper.model import Mapping
 from minidumper.errors import AccessDeniedError, TargetNotFoundError, UsageError
 
 DOTNET_HOSTS = {"dotnet", "dotnet.exe"}
@@ -32,6 +33,17 @@ def describe(pid: int) -> ProcessInfo:
         raise TargetNotFoundError(f"no process with pid {pid}") from None
     except PermissionError as error:
         raise AccessDeniedError(f"cannot read /proc/{pid}: {error.strerror}") from error
+
+
+def mappings(pid: int) -> list[Mapping]:
+    """The target's /proc/PID/maps, read before pausing it."""
+    try:
+        return procfs.read_maps(pid)
+    except FileNotFoundError:
+        raise TargetNotFoundError(f"no process with pid {pid}") from None
+    except PermissionError as error:
+        raise AccessDeniedError(
+            f"access denied to process {pid}: run as its user or as root") from error
 
 
 def names_of(info: ProcessInfo) -> set[str]:

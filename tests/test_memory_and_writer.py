@@ -41,7 +41,7 @@ def test_fill_skips_pages_that_cannot_be_read(tmp_path):
 
 
 def test_unmappable_output_is_written_while_paused(heap_app, tmp_path, monkeypatch):
-    monkeypatch.setattr(OutputFile, "map", lambda self, size: None)
+    monkeypatch.setattr(OutputFile, "map", lambda self, size, populate=False: None)
     path = tmp_path / "streamed.core"
     result = minidumper.write_dump(heap_app.pid, str(path), DumpMode.FULL)
     heap_app.assert_running()
@@ -104,3 +104,22 @@ def _state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as stat:
         text = stat.read()
     return text[text.rindex(")") + 2]
+
+
+def test_full_dump_reads_straight_into_the_mapped_output(heap_app, tmp_path, monkeypatch):
+    """The one-copy path is the one taken on an ordinary filesystem."""
+    mapped = []
+    original = OutputFile.map
+
+    def recording_map(self, size, populate=False):
+        mapping = original(self, size, populate=populate)
+        mapped.append((size, populate, mapping is not None))
+        return mapping
+
+    monkeypatch.setattr(OutputFile, "map", recording_map)
+    path = tmp_path / "mapped.core"
+    result = minidumper.write_dump(heap_app.pid, str(path), DumpMode.FULL)
+    assert mapped[0][1:] == (True, True)           # allocated before the pause
+    assert mapped[-1][2] and mapped[-1][0] <= mapped[0][0]
+    assert result.bytes_written == path.stat().st_size < mapped[0][0]
+    assert clrmd_read("--dump", str(path))["histogram"] == clrmd_read("--pid", str(heap_app.pid))["histogram"]

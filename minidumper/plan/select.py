@@ -58,6 +58,14 @@ def select(snapshot: ProcessSnapshot, mode: DumpMode, read: native.ReadMemory,
     return DumpPlan(mode=mode, ranges=ranges, synthetic=synthetic)
 
 
+def expected_bytes(mode: DumpMode, mappings: list[Mapping]) -> int | None:
+    """The memory a mode will take, known before the target is paused, or None where it depends
+    on the CLR walk (and is small)."""
+    if Part.ALL_MAPPINGS not in MODE_PARTS[mode]:
+        return None
+    return sum(m.size for m in mappings if dumpable(m))
+
+
 def select_clr_only(mode: DumpMode, clr_ranges: Sequence[tuple[int, int, str]]) -> DumpPlan:
     """The CLR's part of a plan alone: where the engine (dbghelp) gathers the native part itself."""
     return DumpPlan(mode=mode, ranges=merge(_clr_pieces(mode, clr_ranges)))
