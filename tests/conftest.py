@@ -86,6 +86,7 @@ def run_minidumper(*args: str, timeout: float = 300, **kwargs) -> subprocess.Com
 def dump(app: LiveApp, path: Path, mode: str) -> dict:
     result = run_minidumper("--pid", str(app.pid), "-f", str(path), f"--{mode}", "--json")
     assert result.returncode == 0, result.stderr
+    assert result.stderr == "", "quiet when stderr is not a terminal"
     app.assert_running()
     return json.loads(result.stdout)
 

@@ -114,3 +114,31 @@ def test_json_errors_are_machine_readable(tmp_path):
                                          "exit_code": 3}
     usage = run_minidumper("--pid", "1", "-f", str(tmp_path / "x"), "--full", "--mini", "--json")
     assert usage.returncode == 2 and json.loads(usage.stdout)["exit_code"] == 2
+
+
+def test_progress_bar_only_when_stderr_is_a_terminal(heap_app, tmp_path):
+    import pty
+    main_end, terminal_end = pty.openpty()
+    try:
+        result = subprocess.run([sys.executable, "-m", "minidumper", "--pid", str(heap_app.pid),
+                                 "-f", str(tmp_path / "tty.core"), "--full"],
+                                stdout=subprocess.PIPE, stderr=terminal_end, cwd=REPO, timeout=120)
+        os.close(terminal_end)
+        terminal_end = None
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(main_end, 65536)
+            except OSError:   # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(main_end)
+        if terminal_end is not None:
+            os.close(terminal_end)
+    assert result.returncode == 0
+    assert b"writing dump" in shown and b"100%" in shown
+    assert b"writing dump" not in result.stdout
+    heap_app.assert_running()
