@@ -22,16 +22,20 @@ MINIDUMPER = [sys.executable, "-m", "minidumper"]
 READY_TIMEOUT = 60
 
 
+def process_state(pid: int) -> str:
+    """The state letter of /proc/PID/stat: never T or t once a dump is over."""
+    with open(f"/proc/{pid}/stat") as stat:
+        text = stat.read()
+    return text[text.rindex(")") + 2]
+
+
 @dataclass
 class LiveApp:
     pid: int
     process: subprocess.Popen
 
     def state(self) -> str:
-        """The state letter of /proc/PID/stat: never T or t once a dump is over."""
-        with open(f"/proc/{self.pid}/stat") as stat:
-            text = stat.read()
-        return text[text.rindex(")") + 2]
+        return process_state(self.pid)
 
     def thread_count(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/task"))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MINIDUMPER, REPO, run_minidumper
+from conftest import MINIDUMPER, REPO, process_state, run_minidumper
 
 
 def assert_nothing_written(directory: Path, *, allow_partial: bool = False) -> None:
@@ -84,7 +84,7 @@ def test_not_a_dotnet_process(tmp_path, mode):
         assert result.returncode == 5
         assert "not a .NET process" in result.stderr
         assert_nothing_written(tmp_path)
-        assert sleeper.poll() is None and _state(sleeper.pid) not in "Tt"
+        assert sleeper.poll() is None and process_state(sleeper.pid) not in "Tt"
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -110,11 +110,6 @@ def test_no_permission(heap_app):
         directory.rmdir()
 
 
-def _state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as stat:
-        text = stat.read()
-    return text[text.rindex(")") + 2]
-
 
 def _start_dumper(app, out: Path) -> subprocess.Popen:
     return subprocess.Popen([*MINIDUMPER, "--pid", str(app.pid), "-f", str(out), "--full"],
@@ -125,9 +120,9 @@ def _freeze_dumper_while_target_paused(app, dumper: subprocess.Popen) -> bool:
     """SIGSTOPs the dumper at a moment it holds the target stopped; False if it never did."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and dumper.poll() is None:
-        if _state(app.pid) in "tT":
+        if process_state(app.pid) in "tT":
             dumper.send_signal(signal.SIGSTOP)
-            if _state(app.pid) in "tT":
+            if process_state(app.pid) in "tT":
                 return True
             dumper.send_signal(signal.SIGCONT)
     return False
@@ -178,7 +173,7 @@ def test_dumper_killed_mid_dump(fresh_app, tmp_path, phase):
     dumper.wait(timeout=60)
     # The kernel detaches a seized tracee when its tracer dies.
     deadline = time.monotonic() + 10
-    while _state(fresh_app.pid) in "tT" and time.monotonic() < deadline:
+    while process_state(fresh_app.pid) in "tT" and time.monotonic() < deadline:
         time.sleep(0.01)
     fresh_app.assert_running()
     assert not out.exists()

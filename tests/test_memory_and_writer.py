@@ -10,7 +10,7 @@ import sys
 
 from elftools.elf.elffile import ELFFile
 
-from conftest import clrmd_read
+from conftest import clrmd_read, process_state
 
 from minidumper.engines.linux.memory import ProcessMemory
 from minidumper.model import PAGE_SIZE, DumpMode
@@ -94,16 +94,11 @@ def test_core_leaves_unreadable_pages_out_of_its_segments(tmp_path):
             for s in loads:   # the two pages past the file's end are in no segment
                 assert not (s["p_vaddr"] < address + 3 * PAGE_SIZE
                             and address + PAGE_SIZE < s["p_vaddr"] + s["p_memsz"])
-        assert _state(child.pid) not in "Tt"
+        assert process_state(child.pid) not in "Tt"
     finally:
         child.kill()
         child.wait()
 
-
-def _state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as stat:
-        text = stat.read()
-    return text[text.rindex(")") + 2]
 
 
 def test_full_dump_reads_straight_into_the_mapped_output(heap_app, tmp_path, monkeypatch):
