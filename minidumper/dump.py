@@ -60,6 +60,7 @@ def write_dump(pid: int, path: str, mode: DumpMode = DumpMode.HEAP, *,
 def _write_linux_core(pid: int, path: str, mode: DumpMode,
                       progress: DumpProgress | None) -> DumpResult:
     from minidumper import targets
+    from minidumper.engines.linux import procfs
     from minidumper.engines.linux.core_writer import CoreWriter
     from minidumper.engines.linux.session import PausedProcess
 
@@ -76,8 +77,10 @@ def _write_linux_core(pid: int, path: str, mode: DumpMode,
     expected = select.expected_bytes(mode, mappings)
     with OutputFile(path) as output:
         if expected:
-            # Allocate the file's pages before the pause, so that the pause is only the copy.
-            output.map(expected + expected // 100 + OUTPUT_HEADER_ALLOWANCE, populate=True)
+            # Allocate the file's pages before the pause, so that the pause is only the copy;
+            # not where they would not stay in memory until then.
+            output.map(expected + expected // 100 + OUTPUT_HEADER_ALLOWANCE,
+                       populate=expected <= procfs.memory_available() // 2)
         with PausedProcess(pid) as paused:
             snapshot = paused.snapshot()
             clr_ranges = (_read_clr(bridge, pid, {t.tid: t.prstatus_regs for t in snapshot.threads},

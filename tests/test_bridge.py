@@ -21,7 +21,7 @@ import pytest
 import clrmd_bridge
 from clrmd_bridge import host
 from minidumper.engines.linux.session import PausedProcess
-from clrmd_bridge.runtime import DAC_READ, GC_SEGMENT_PREFIX, JIT_CODE_HEAP, NATIVE_HEAP_PREFIX, USER_REGS_SIZE
+from clrmd_bridge.runtime import DAC_READ, GC_SEGMENT_PREFIX, JIT_CODE_HEAP, NATIVE_HEAP_PREFIX
 
 REPO = Path(__file__).resolve().parent.parent
 PAGE = 4096
