@@ -159,7 +159,7 @@ def _read_clr(bridge, pid: int, registers: dict[int, bytes], depth: str) -> list
     try:
         readout = bridge.read_clr(pid, registers, depth)
     except bridge.NoClrRuntimeError as error:
-        raise NotDotnetError(f"process {pid} has no CLR the bridge can read: {error}") from error
+        raise NotDotnetError(f"{error}; --full still dumps any process") from error
     except bridge.ClrBridgeError as error:
         raise RuntimeBridgeError(f"reading the CLR failed: {error}") from error
     return [(m.start, m.end, m.kind) for m in readout.memory]
