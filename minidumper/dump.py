@@ -8,12 +8,13 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import platform
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from minidumper.errors import NotDotnetError, RuntimeBridgeError
+from minidumper.errors import MinidumperError, NotDotnetError, RuntimeBridgeError
 from minidumper.model import DumpMode, DumpPlan, ProcessSnapshot
 from minidumper.output import OutputFile
 from minidumper.plan import modes, native, select
@@ -64,6 +65,8 @@ def _write_linux_core(pid: int, path: str, mode: DumpMode,
     from minidumper.engines.linux.core_writer import CoreWriter
     from minidumper.engines.linux.session import PausedProcess
 
+    if platform.machine() != "x86_64":
+        raise MinidumperError(f"the Linux engine writes x86-64 cores; this machine is {platform.machine()}")
     started = time.monotonic()
     targets.describe(pid)
     mappings = targets.mappings(pid)

@@ -12,7 +12,7 @@ from minidumper.engines.linux.memory import ProcessMemory
 from minidumper.engines.linux.ptrace import (
     NT_PRFPREG, NT_PRSTATUS, NT_X86_XSTATE, REG_RIP, REG_RSP, USER_FPREGS_SIZE, USER_REGS_SIZE,
     XSTATE_MAX_SIZE, ThreadGroupTracer)
-from minidumper.errors import AccessDeniedError, TargetExitedError
+from minidumper.errors import AccessDeniedError, MinidumperError, TargetExitedError
 from minidumper.model import MemoryRange, ProcessSnapshot, ThreadState
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,9 @@ class PausedProcess:
 
     def _thread_state(self, tid: int) -> ThreadState:
         regs = self._tracer.get_regset(tid, NT_PRSTATUS, USER_REGS_SIZE) or bytes(USER_REGS_SIZE)
+        if len(regs) != USER_REGS_SIZE:
+            raise MinidumperError(f"process {self.pid} is not a 64-bit x86 process; "
+                                  "only x86-64 targets can be dumped on Linux")
         fpregs = self._tracer.get_regset(tid, NT_PRFPREG, USER_FPREGS_SIZE) or bytes(USER_FPREGS_SIZE)
         xstate = self._tracer.get_regset(tid, NT_X86_XSTATE, XSTATE_MAX_SIZE)
         try:
