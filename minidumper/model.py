@@ -22,6 +22,7 @@ class RangeKind(enum.Enum):
     CODE_AROUND_IP = "code-around-ip"
     MODULE_HEADER = "module-header"    # ELF header, PT_DYNAMIC, PT_NOTE, eh_frame pages
     LINK_MAP = "link-map"              # r_debug and the dynamic linker's link_map chain
+    THREAD_LIBRARY = "thread-library"  # ld.so's and libc's data, thread descriptors: for libthread_db
     VDSO = "vdso"
     RUNTIME_DATA = "runtime-data"      # libcoreclr's writable data and bss
     PE_HEADER = "pe-header"            # first page of a managed assembly image

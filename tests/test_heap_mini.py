@@ -102,6 +102,9 @@ def test_gdb_backtraces_every_thread(dumps, heap_app, mode):
     backtraces = re.split(r"^Thread \d+ \(", out, flags=re.M)[1:]
     assert len(backtraces) == reports[mode]["threads"], out
     assert all(re.search(r"^#0 ", bt, re.M) for bt in backtraces), out
+    # libthread_db works too: gdb names threads by their pthread handle, not just their LWP.
+    assert "Thread debugging using libthread_db enabled" in out, out
+    assert len(re.findall(r"^Thread \d+ \(Thread 0x[0-9a-f]+ \(LWP \d+\)", out, re.M)) == len(backtraces)
 
 
 def _executable_mappings(pid: int, name: str) -> list[tuple[int, int]]:

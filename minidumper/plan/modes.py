@@ -13,6 +13,7 @@ class Part(enum.Flag):
     CODE_AROUND_IP = enum.auto()
     MODULE_HEADERS = enum.auto()    # ELF header, PT_DYNAMIC, PT_NOTE, eh_frame of each module
     LINK_MAP = enum.auto()          # so that gdb finds the shared libraries
+    THREAD_LIBRARY = enum.auto()    # so that gdb's libthread_db finds the threads
     VDSO = enum.auto()
     RUNTIME_DATA = enum.auto()      # libcoreclr's data and bss: the runtime's globals and version
     PE_HEADERS = enum.auto()        # first page of each managed assembly image
@@ -22,7 +23,7 @@ class Part(enum.Flag):
 
 
 _NATIVE_MINI = (Part.STACKS | Part.CODE_AROUND_IP | Part.MODULE_HEADERS | Part.LINK_MAP
-                | Part.VDSO | Part.RUNTIME_DATA | Part.PE_HEADERS | Part.DIAG_INFO)
+                | Part.THREAD_LIBRARY | Part.VDSO | Part.RUNTIME_DATA | Part.PE_HEADERS | Part.DIAG_INFO)
 
 MODE_PARTS: dict[DumpMode, Part] = {
     DumpMode.FULL: Part.ALL_MAPPINGS | Part.DIAG_INFO,

@@ -17,6 +17,8 @@ PT_LOAD, PT_DYNAMIC, PT_NOTE, PT_PHDR, PT_GNU_EH_FRAME = 1, 2, 4, 6, 0x6474E550
 DT_NULL, DT_DEBUG = 0, 21
 AT_PHDR, AT_PHNUM = 3, 5
 RED_ZONE = 128
+REG_FS_BASE = 21                 # in struct user_regs_struct
+THREAD_DESCRIPTOR_BYTES = 4096
 MAX_LINK_MAP_ENTRIES = 4096
 MAX_EH_FRAME_BYTES = 64 << 20
 
@@ -47,6 +49,15 @@ def thread_stacks(snapshot: ProcessSnapshot) -> Iterator[MemoryRange]:
         if mapping:
             start = max(mapping.start, thread.stack_pointer - RED_ZONE)
             yield pages(start, mapping.end, RangeKind.STACK)
+
+
+def thread_descriptors(snapshot: ProcessSnapshot) -> Iterator[MemoryRange]:
+    """The thread control block at each thread's fs_base (glibc's struct pthread, some 2 KiB):
+    a debugger's thread library walks the threads through it."""
+    for thread in snapshot.threads:
+        fs_base = struct.unpack_from("<Q", thread.prstatus_regs, REG_FS_BASE * 8)[0]
+        if fs_base and mapping_at(snapshot.mappings, fs_base):
+            yield pages(fs_base, fs_base + THREAD_DESCRIPTOR_BYTES, RangeKind.THREAD_LIBRARY)
 
 
 def code_around_instruction_pointers(snapshot: ProcessSnapshot) -> Iterator[MemoryRange]:
@@ -189,13 +200,30 @@ def runtime_base(snapshot: ProcessSnapshot) -> int | None:
 
 def runtime_data(snapshot: ProcessSnapshot) -> Iterator[MemoryRange]:
     """libcoreclr's writable mappings and the anonymous bss right after them."""
+    return module_data(snapshot, is_runtime_module, RangeKind.RUNTIME_DATA)
+
+
+def is_thread_library(path: str) -> bool:
+    name = path.rsplit("/", 1)[-1]
+    return name.startswith(("ld-linux", "libc.so", "libpthread.so"))
+
+
+def thread_library_data(snapshot: ProcessSnapshot) -> Iterator[MemoryRange]:
+    """The dynamic loader's and libc's writable data: where a debugger's thread library finds
+    the list of threads."""
+    return module_data(snapshot, is_thread_library, RangeKind.THREAD_LIBRARY)
+
+
+def module_data(snapshot: ProcessSnapshot, is_module: Callable[[str], bool],
+                kind: RangeKind) -> Iterator[MemoryRange]:
+    """The writable mappings of the modules is_module names, and the anonymous bss after them."""
     previous: Mapping | None = None
     for mapping in snapshot.mappings:
-        if is_runtime_module(mapping.path) and mapping.writable:
-            yield MemoryRange(mapping.start, mapping.end, RangeKind.RUNTIME_DATA)
-        elif (previous and is_runtime_module(previous.path) and previous.writable
+        if is_module(mapping.path) and mapping.writable:
+            yield MemoryRange(mapping.start, mapping.end, kind)
+        elif (previous and is_module(previous.path) and previous.writable
               and not mapping.path and mapping.start == previous.end and mapping.writable):
-            yield MemoryRange(mapping.start, mapping.end, RangeKind.RUNTIME_DATA)
+            yield MemoryRange(mapping.start, mapping.end, kind)
         previous = mapping
 
 

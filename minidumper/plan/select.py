@@ -42,6 +42,9 @@ def select(snapshot: ProcessSnapshot, mode: DumpMode, read: native.ReadMemory,
         wanted += native.elf_module_pieces(snapshot, read)
     if Part.LINK_MAP in parts:
         wanted += native.link_map(snapshot, read)
+    if Part.THREAD_LIBRARY in parts:
+        wanted += native.thread_library_data(snapshot)
+        wanted += native.thread_descriptors(snapshot)
     if Part.VDSO in parts:
         wanted += native.vdso(snapshot)
     if Part.RUNTIME_DATA in parts:
