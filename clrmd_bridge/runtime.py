@@ -16,7 +16,7 @@ from .errors import ClrReadError, NoClrRuntimeError
 
 log = logging.getLogger(__name__)
 
-DEPTHS = ("mini", "heap")
+DEPTHS = ("mini", "heap", "layout")
 USER_REGS_SIZE = 27 * 8     # struct user_regs_struct on x86-64 Linux, as NT_PRSTATUS holds it
 
 # Kind names of ClrMemory, in ClrMD's vocabulary.
@@ -60,8 +60,9 @@ def read_clr(pid: int, thread_registers: dict[int, bytes], depth: str) -> ClrRea
     """Walk the CLR of a live process, which may be held stopped by our PTRACE_SEIZE.
 
     ``thread_registers`` maps each thread id to its raw x86-64 ``user_regs_struct`` (NT_PRSTATUS),
-    which the DAC gets as the thread's context. ``depth`` is "mini" (managed stacks) or "heap"
-    (stacks, plus GC segments, native heaps, handles, roots, every object's type).
+    which the DAC gets as the thread's context. ``depth`` is "mini" (managed stacks), "heap"
+    (stacks, plus GC segments, native heaps, handles, roots, every object's type) or "layout"
+    (GC segments and native heaps only: quick, and safe on a target nobody holds).
     """
     if depth not in DEPTHS:
         raise ValueError(f"depth must be one of {DEPTHS}, not {depth!r}")

@@ -72,12 +72,15 @@ def _write_linux_core(pid: int, path: str, mode: DumpMode,
     mappings = targets.mappings(pid)
     depth = modes.clr_depth(mode)
     bridge = None
+    clr_layout: list[tuple[int, int, str]] = []
     if depth:
         if not _looks_like_dotnet(pid, mappings):
             raise NotDotnetError(f"process {pid} is not a .NET process (no libcoreclr.so is loaded)")
         bridge = _load_bridge(pid)
+        if modes.Part.CLR_HEAPS in modes.MODE_PARTS[mode]:
+            clr_layout = _clr_layout(bridge, pid)
 
-    expected = select.expected_bytes(mode, mappings)
+    expected = select.expected_bytes(mode, mappings, clr_layout)
     with OutputFile(path) as output:
         if expected:
             # Allocate the file's pages before the pause, so that the pause is only the copy;
@@ -156,6 +159,16 @@ def _load_bridge(pid: int) -> object:
     except Exception as error:
         raise RuntimeBridgeError(f"cannot start the CLR bridge: {error}") from error
     return clrmd_bridge
+
+
+def _clr_layout(bridge, pid: int) -> list[tuple[int, int, str]]:
+    """Where the CLR's heaps are, read from the running target to size the output before the
+    pause. A target with no CLR fails here, unpaused; any other failure only loses the estimate."""
+    try:
+        return _read_clr(bridge, pid, {}, "layout")
+    except RuntimeBridgeError as error:
+        log.debug("no estimate of the CLR's heaps: %s", error)
+        return []
 
 
 def _read_clr(bridge, pid: int, registers: dict[int, bytes], depth: str) -> list[tuple[int, int, str]]:

@@ -111,3 +111,11 @@ def _executable_mappings(pid: int, name: str) -> list[tuple[int, int]]:
     with open(f"/proc/{pid}/maps") as maps:
         return [tuple(int(x, 16) for x in line.split()[0].split("-")) for line in maps
                 if line.rstrip().endswith(name) and line.split()[1][2] == "x"]
+
+
+def test_heap_dump_names_types_made_at_run_time(dumps):
+    """Reflection.Emit types keep their metadata in memory, not in a file image."""
+    paths, _, live = dumps
+    heap = clrmd_read("--dump", str(paths["heap"]))
+    assert heap["histogram"]["HeapFixture.Dynamic.Widget"]["count"] == 25
+    assert heap["histogram"]["HeapFixture.Dynamic.Widget"] == live["histogram"]["HeapFixture.Dynamic.Widget"]

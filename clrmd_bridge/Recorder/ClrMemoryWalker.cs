@@ -39,18 +39,21 @@ namespace ClrmdBridge
         public const string DacRead = "DacRead";
         public const string JitCodeHeap = "JitCodeHeap";
         public const string ModuleImage = "ModuleImage";
+        public const string ModuleMetadata = "ModuleMetadata";
 
         /// <param name="pid">The target, which may already be held stopped by a PTRACE_SEIZE tracer.</param>
         /// <param name="threadIds">OS thread ids, one per register record.</param>
         /// <param name="userRegs">The threads' x86-64 user_regs_struct records, concatenated.</param>
-        /// <param name="depth">"mini" or "heap".</param>
+        /// <param name="depth">"mini": the managed stacks; "heap": stacks, the CLR's memory and every
+        /// object's type; "layout": the CLR's memory only, a quick look at a running target.</param>
         public static ClrWalkResult Read(int pid, uint[] threadIds, byte[] userRegs, string depth)
         {
-            bool heap = depth switch
+            (bool walkStacks, bool listMemory, bool walkObjects) = depth switch
             {
-                "mini" => false,
-                "heap" => true,
-                _ => throw new ArgumentException($"depth must be \"mini\" or \"heap\", not \"{depth}\""),
+                "mini" => (true, false, false),
+                "heap" => (true, true, true),
+                "layout" => (false, true, false),
+                _ => throw new ArgumentException($"depth must be \"mini\", \"heap\" or \"layout\", not \"{depth}\""),
             };
             Dictionary<uint, UserRegsStruct> registers = SplitRegisters(threadIds, userRegs);
 
@@ -70,10 +73,12 @@ namespace ClrmdBridge
             List<string> warnings = new();
             string version = RuntimeVersionReader.Read(reader, clr.ModuleInfo.ImageBase)
                 ?? (clr.Version.Major != 0 ? clr.Version.ToString() : "");
-            (int threadsWalked, int managedFrames) = WalkThreads(runtime, warnings);
+            (int threadsWalked, int managedFrames) = walkStacks ? WalkThreads(runtime, warnings) : (0, 0);
             Step(warnings, "modules", () => ListModules(runtime, memory));
-            if (heap)
-                WalkHeap(runtime, memory, warnings);
+            if (listMemory)
+                ListClrMemory(runtime, memory, warnings);
+            if (walkObjects)
+                TouchTypes(runtime, warnings);
 
             foreach ((ulong start, ulong end) in reader.Reads.ToMergedList())
                 memory.Add(start, end, DacRead);
@@ -145,9 +150,17 @@ namespace ClrmdBridge
             }
         }
 
-        private static void WalkHeap(ClrRuntime runtime, MemoryList memory, List<string> warnings)
+        private static void ListClrMemory(ClrRuntime runtime, MemoryList memory, List<string> warnings)
         {
             ClrHeap gc = runtime.Heap;
+            // Type names come from the modules' metadata: with all of it in, no walk over every
+            // object is needed to learn which of it a debugger will read.
+            Step(warnings, "module metadata", () =>
+            {
+                foreach (ClrModule module in runtime.EnumerateModules())
+                    if (module.MetadataAddress != 0 && module.MetadataLength != 0)
+                        memory.Add(module.MetadataAddress, module.MetadataAddress + module.MetadataLength, ModuleMetadata);
+            });
             Step(warnings, "GC segments", () =>
             {
                 foreach (ClrSegment segment in gc.Segments)
@@ -164,7 +177,14 @@ namespace ClrmdBridge
                     foreach (ClrNativeHeapInfo codeHeap in jitManager.EnumerateNativeHeaps())
                         memory.Add(codeHeap.MemoryRange, JitCodeHeap);
             });
+        }
 
+        /// <summary>Reads types once each, so that the pages their names and layouts come from are
+        /// recorded: those of handles, roots, the finalizer queue and sync blocks, and every type of a
+        /// dynamic module. Other objects' types need no walk: all file metadata is listed.</summary>
+        private static void TouchTypes(ClrRuntime runtime, List<string> warnings)
+        {
+            ClrHeap gc = runtime.Heap;
             TypeToucher types = new();
             Step(warnings, "handles", () =>
             {
@@ -179,6 +199,15 @@ namespace ClrmdBridge
                 foreach (ClrRoot root in gc.EnumerateRoots())
                     types.Touch(root.Object.Type);
             });
+            // Modules whose metadata is not in a file image (Reflection.Emit): their types are read
+            // one by one, so that the in-memory metadata behind their names is recorded.
+            Step(warnings, "types of dynamic modules", () =>
+            {
+                foreach (ClrModule module in runtime.EnumerateModules())
+                    if (module.IsDynamic || module.MetadataAddress == 0)
+                        foreach ((ulong methodTable, int _) in module.EnumerateTypeDefToMethodTableMap())
+                            types.Touch(gc.GetTypeByMethodTable(methodTable));
+            });
             Step(warnings, "finalizer queue", () =>
             {
                 foreach (ClrObject obj in gc.EnumerateFinalizableObjects())
@@ -188,11 +217,6 @@ namespace ClrmdBridge
             {
                 foreach (SyncBlock syncBlock in gc.EnumerateSyncBlocks())
                     _ = syncBlock.Object;
-            });
-            Step(warnings, "objects", () =>
-            {
-                foreach (ClrObject obj in gc.EnumerateObjects())
-                    types.Touch(obj.Type);
             });
             Step(warnings, "thread pool", () => _ = runtime.ThreadPool?.MaxThreads);
         }

@@ -72,6 +72,7 @@ CLR_KINDS: dict[str, RangeKind | None] = {
     "NativeHeap:GCFreeSohSegment": None,
     "NativeHeap:GCFreeUohSegment": None,
     "ModuleImage": None,            # module code stays out; the DAC's reads of it come in below
+    "ModuleMetadata": RangeKind.MODULE_METADATA,
     "DacRead": RangeKind.DAC_READ,
 }
 # A kind the table does not know is still the CLR's own memory: heap mode keeps it.

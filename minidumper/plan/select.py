@@ -53,7 +53,7 @@ def select(snapshot: ProcessSnapshot, mode: DumpMode, read: native.ReadMemory,
         wanted += native.pe_headers(snapshot, read)
     wanted += _clr_pieces(mode, clr_ranges)
 
-    ranges = clip_to(merge(wanted), [m for m in snapshot.mappings if dumpable(m)])
+    ranges = clip_to(merge_by_priority(wanted), [m for m in snapshot.mappings if dumpable(m)])
     synthetic = []
     base = native.runtime_base(snapshot)
     if Part.DIAG_INFO in parts and base is not None and not _overlaps(ranges, DIAG_INFO_ADDRESS):
@@ -61,12 +61,16 @@ def select(snapshot: ProcessSnapshot, mode: DumpMode, read: native.ReadMemory,
     return DumpPlan(mode=mode, ranges=ranges, synthetic=synthetic)
 
 
-def expected_bytes(mode: DumpMode, mappings: list[Mapping]) -> int | None:
-    """The memory a mode will take, known before the target is paused, or None where it depends
-    on the CLR walk (and is small)."""
-    if Part.ALL_MAPPINGS not in MODE_PARTS[mode]:
-        return None
-    return sum(m.size for m in mappings if dumpable(m))
+def expected_bytes(mode: DumpMode, mappings: list[Mapping],
+                   clr_layout: Sequence[tuple[int, int, str]] = ()) -> int | None:
+    """About how much memory a mode will take, from what is known before the target is paused
+    (its mappings, the CLR's heaps), or None where it is small or unknown."""
+    readable = [m for m in mappings if dumpable(m)]
+    if Part.ALL_MAPPINGS in MODE_PARTS[mode]:
+        return sum(m.size for m in readable)
+    if Part.CLR_HEAPS in MODE_PARTS[mode] and clr_layout:
+        return sum(r.size for r in clip_to(merge(_clr_pieces(mode, clr_layout)), readable))
+    return None
 
 
 def select_clr_only(mode: DumpMode, clr_ranges: Sequence[tuple[int, int, str]]) -> DumpPlan:
@@ -86,6 +90,33 @@ def _clr_pieces(mode: DumpMode, clr_ranges: Sequence[tuple[int, int, str]]) -> l
 def diag_info_page(runtime_base: int) -> bytes:
     header = struct.pack("<16si4xQQ", DIAG_INFO_SIGNATURE, DIAG_INFO_VERSION, 0, runtime_base)
     return header + bytes(PAGE_SIZE - len(header))
+
+
+def merge_by_priority(ranges: Iterable[MemoryRange]) -> list[MemoryRange]:
+    """merge(), but what the DAC read counts as such only where no other reason covers it."""
+    ranges = list(ranges)
+    primary = merge(r for r in ranges if r.kind is not RangeKind.DAC_READ)
+    dac_only = subtract(merge(r for r in ranges if r.kind is RangeKind.DAC_READ), primary)
+    return merge(primary + dac_only)
+
+
+def subtract(ranges: list[MemoryRange], covered: list[MemoryRange]) -> list[MemoryRange]:
+    """The parts of sorted, non-overlapping ranges outside the sorted, non-overlapping covered."""
+    left = []
+    index = 0
+    for r in ranges:
+        start = r.start
+        while index < len(covered) and covered[index].end <= start:
+            index += 1
+        probe = index
+        while probe < len(covered) and covered[probe].start < r.end:
+            if covered[probe].start > start:
+                left.append(MemoryRange(start, covered[probe].start, r.kind))
+            start = max(start, covered[probe].end)
+            probe += 1
+        if start < r.end:
+            left.append(MemoryRange(start, r.end, r.kind))
+    return left
 
 
 def merge(ranges: Iterable[MemoryRange]) -> list[MemoryRange]:
