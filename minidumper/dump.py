@@ -77,8 +77,9 @@ def _write_linux_core(pid: int, path: str, mode: DumpMode,
         if not _looks_like_dotnet(pid, mappings):
             raise NotDotnetError(f"process {pid} is not a .NET process (no libcoreclr.so is loaded)")
         bridge = _load_bridge(pid)
-        if modes.Part.CLR_HEAPS in modes.MODE_PARTS[mode]:
-            clr_layout = _clr_layout(bridge, pid)
+        # Also for mini: a target with no CLR fails before its pause, and ClrMD and the DAC are
+        # loaded and compiled, so the walk in the pause is quick.
+        clr_layout = _clr_layout(bridge, pid)
 
     expected = select.expected_bytes(mode, mappings, clr_layout)
     with OutputFile(path) as output:
