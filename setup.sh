@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-debian_packages=(python3-venv python3-click python3-pytest python3-pyelftools python3-setuptools gdb)
+debian_packages=(python3-venv python3-click python3-pytest python3-pyelftools python3-setuptools python3-wheel gdb)
 missing=()
 for package in "${debian_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
