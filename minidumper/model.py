@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import enum
 from dataclasses import dataclass, field
 
@@ -82,6 +83,20 @@ class Mapping:
     @property
     def is_file(self) -> bool:
         return self.path.startswith("/") and self.inode != 0
+
+
+class MappingIndex:
+    """Finds the mapping that holds an address, in logarithmic time."""
+
+    def __init__(self, mappings: list[Mapping]) -> None:
+        self._mappings = sorted(mappings, key=lambda m: m.start)
+        self._starts = [m.start for m in self._mappings]
+
+    def at(self, address: int) -> Mapping | None:
+        index = bisect.bisect_right(self._starts, address) - 1
+        if index >= 0 and address < self._mappings[index].end:
+            return self._mappings[index]
+        return None
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterator
 
-from minidumper.model import PAGE_SIZE, Mapping, MemoryRange, ProcessSnapshot, RangeKind
+from minidumper.model import PAGE_SIZE, Mapping, MappingIndex, MemoryRange, ProcessSnapshot, RangeKind
 
 ReadMemory = Callable[[int, int], bytes]
 
@@ -35,17 +35,11 @@ def pages(start: int, end: int, kind: RangeKind) -> MemoryRange:
     return MemoryRange(page_floor(start), page_ceil(max(end, start + 1)), kind)
 
 
-def mapping_at(mappings: list[Mapping], address: int) -> Mapping | None:
-    for mapping in mappings:
-        if mapping.start <= address < mapping.end:
-            return mapping
-    return None
-
-
 def thread_stacks(snapshot: ProcessSnapshot) -> Iterator[MemoryRange]:
     """Each thread's stack from its stack pointer (less the red zone) to the end of its mapping."""
+    index = MappingIndex(snapshot.mappings)
     for thread in snapshot.threads:
-        mapping = mapping_at(snapshot.mappings, thread.stack_pointer)
+        mapping = index.at(thread.stack_pointer)
         if mapping:
             start = max(mapping.start, thread.stack_pointer - RED_ZONE)
             yield pages(start, mapping.end, RangeKind.STACK)
@@ -54,16 +48,18 @@ def thread_stacks(snapshot: ProcessSnapshot) -> Iterator[MemoryRange]:
 def thread_descriptors(snapshot: ProcessSnapshot) -> Iterator[MemoryRange]:
     """The thread control block at each thread's fs_base (glibc's struct pthread, some 2 KiB):
     a debugger's thread library walks the threads through it."""
+    index = MappingIndex(snapshot.mappings)
     for thread in snapshot.threads:
         fs_base = struct.unpack_from("<Q", thread.prstatus_regs, REG_FS_BASE * 8)[0]
-        if fs_base and mapping_at(snapshot.mappings, fs_base):
+        if fs_base and index.at(fs_base):
             yield pages(fs_base, fs_base + THREAD_DESCRIPTOR_BYTES, RangeKind.THREAD_LIBRARY)
 
 
 def code_around_instruction_pointers(snapshot: ProcessSnapshot) -> Iterator[MemoryRange]:
+    index = MappingIndex(snapshot.mappings)
     for thread in snapshot.threads:
         ip = thread.instruction_pointer
-        if ip and mapping_at(snapshot.mappings, ip):
+        if ip and index.at(ip):
             yield MemoryRange(page_floor(ip) - PAGE_SIZE, page_floor(ip) + 2 * PAGE_SIZE,
                               RangeKind.CODE_AROUND_IP)
 

@@ -9,13 +9,12 @@ mapped in memory (one copy, laid out as planned), and write(), which writes piec
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from minidumper.engines.linux import elf
-from minidumper.model import PAGE_SIZE, DumpPlan, Mapping, ProcessSnapshot
+from minidumper.model import PAGE_SIZE, DumpPlan, Mapping, MappingIndex, ProcessSnapshot
 
 PIECE = tuple[int, memoryview]
 
@@ -51,15 +50,13 @@ class _FlagsByAddress:
     """The ELF flags of the mapping that holds an address, and where that mapping ends."""
 
     def __init__(self, mappings: list[Mapping]) -> None:
-        self._mappings = sorted(mappings, key=lambda m: m.start)
-        self._starts = [m.start for m in self._mappings]
+        self._index = MappingIndex(mappings)
 
     def at(self, address: int) -> tuple[int, int]:
-        index = bisect.bisect_right(self._starts, address) - 1
-        if index >= 0 and address < self._mappings[index].end:
-            mapping = self._mappings[index]
-            return mapping_flags(mapping), mapping.end
-        return elf.PF_R, address + PAGE_SIZE
+        mapping = self._index.at(address)
+        if mapping is None:
+            return elf.PF_R, address + PAGE_SIZE
+        return mapping_flags(mapping), mapping.end
 
 
 def build_notes(snapshot: ProcessSnapshot) -> bytes:
