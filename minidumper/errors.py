@@ -13,6 +13,8 @@ class ExitCode:
     NOT_DOTNET = 5
     OUTPUT = 6
     TARGET_EXITED = 7
+    PAUSE_FAILED = 8
+    CLR_READ_FAILED = 9
     INTERRUPTED = 130
 
 
@@ -50,6 +52,20 @@ class OutputError(MinidumperError):
 
 class TargetExitedError(MinidumperError):
     exit_code = ExitCode.TARGET_EXITED
+
+
+class PauseFailedError(MinidumperError):
+    """A thread of the target would not stop in time (D state, a frozen cgroup); every thread
+    that had stopped was resumed."""
+
+    exit_code = ExitCode.PAUSE_FAILED
+
+
+class ClrReadFailedError(MinidumperError):
+    """The walk of the target's CLR (ClrMD and the runtime's DAC) crashed or failed; the target
+    was resumed. --full does not need it."""
+
+    exit_code = ExitCode.CLR_READ_FAILED
 
 
 class InterruptedDumpError(MinidumperError):
