@@ -70,11 +70,14 @@ class _ProgressBar:
               help="Mini plus the CLR's managed memory, without module code or native heap. "
                    "The default.")
 @click.option("--full", is_flag=True, help="Every readable mapping of the address space.")
+@click.option("--dac", "dac_path", metavar="PATH",
+              help="The runtime's DAC (libmscordaccore.so, or its directory) for --heap and --mini, "
+                   "where it is not found on this machine (see the README).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the dump on stdout.")
 @click.option("-v", "verbose", is_flag=True, help="Detailed diagnostics on stderr.")
 @click.version_option(__version__, "--version", prog_name="minidumper")
 def command(pid: int | None, process_name: str | None, output: str, mini: bool, heap: bool,
-            full: bool, as_json: bool, verbose: bool) -> None:
+            full: bool, dac_path: str | None, as_json: bool, verbose: bool) -> None:
     """Write a dump of a running .NET process: --mini, --heap (default) or --full."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr,
                         format="minidumper: %(message)s" if not verbose else
@@ -93,7 +96,7 @@ def command(pid: int | None, process_name: str | None, output: str, mini: bool, 
         pid = targets.find_by_name(process_name).pid
     progress = _ProgressBar() if sys.stderr.isatty() and not verbose else None
     try:
-        result = write_dump(pid, output, mode, progress=progress)
+        result = write_dump(pid, output, mode, progress=progress, dac_path=dac_path)
     finally:
         if progress:
             progress.close()

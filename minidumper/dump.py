@@ -5,19 +5,17 @@ The target is resumed on every path, and the output appears under its name only 
 
 from __future__ import annotations
 
-import glob
 import logging
-import os
 import platform
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from minidumper.errors import MinidumperError, NotDotnetError, RuntimeBridgeError
+from minidumper.errors import MinidumperError, NotDotnetError, RuntimeBridgeError, TargetExitedError
 from minidumper.model import DumpMode, DumpPlan, ProcessSnapshot
 from minidumper.output import OutputFile
-from minidumper.plan import modes, native, select
+from minidumper.plan import modes, select
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +29,10 @@ class DumpProgress(Protocol):
 
 @dataclass
 class DumpResult:
+    """pid is the process id the dump carries: the target's own, inside its pid namespace (what
+    debuggers show); host_pid is the one the dumper knows it by (given with --pid). They
+    differ only where the target runs in another pid namespace, such as a container's."""
+
     path: str
     pid: int
     mode: DumpMode
@@ -39,10 +41,13 @@ class DumpResult:
     ranges_by_kind: dict[str, int] = field(default_factory=dict)
     paused_seconds: float = 0.0
     total_seconds: float = 0.0
+    host_pid: int = 0
+    dac_path: str | None = None       # the DAC the CLR was read with (heap and mini)
 
     def as_dict(self) -> dict[str, object]:
         return {
-            "path": self.path, "pid": self.pid, "mode": self.mode.value,
+            "path": self.path, "pid": self.pid, "host_pid": self.host_pid or self.pid,
+            "dac_path": self.dac_path, "mode": self.mode.value,
             "bytes_written": self.bytes_written, "threads": self.threads,
             "ranges_by_kind": self.ranges_by_kind,
             "paused_seconds": round(self.paused_seconds, 6),
@@ -51,15 +56,18 @@ class DumpResult:
 
 
 def write_dump(pid: int, path: str, mode: DumpMode = DumpMode.HEAP, *,
-               progress: DumpProgress | None = None) -> DumpResult:
-    """Writes a dump of process `pid` to `path` (which must not exist). Returns what was written."""
+               progress: DumpProgress | None = None, dac_path: str | None = None) -> DumpResult:
+    """Writes a dump of process `pid` to `path` (which must not exist). Returns what was written.
+
+    dac_path: the runtime's DAC (libmscordaccore.so, or its directory) for heap and mini dumps,
+    where the search of minidumper.dac would not find it."""
     if sys.platform == "win32":
         return _write_windows_minidump(pid, path, mode)
-    return _write_linux_core(pid, path, mode, progress)
+    return _write_linux_core(pid, path, mode, progress, dac_path)
 
 
 def _write_linux_core(pid: int, path: str, mode: DumpMode,
-                      progress: DumpProgress | None) -> DumpResult:
+                      progress: DumpProgress | None, dac_path: str | None) -> DumpResult:
     from minidumper import targets
     from minidumper.engines.linux import procfs
     from minidumper.engines.linux.core_writer import CoreWriter
@@ -72,10 +80,10 @@ def _write_linux_core(pid: int, path: str, mode: DumpMode,
     mappings = targets.mappings(pid)
     depth = modes.clr_depth(mode)
     bridge = None
+    dac = None
     clr_layout: list[tuple[int, int, str]] = []
     if depth:
-        if not _looks_like_dotnet(pid, mappings):
-            raise NotDotnetError(f"process {pid} is not a .NET process (no libcoreclr.so is loaded)")
+        dac = _find_dac(pid, mappings, dac_path)
         bridge = _load_bridge(pid)
         # Also for mini: a target with no CLR fails before its pause, and ClrMD and the DAC are
         # loaded and compiled, so the walk in the pause is quick.
@@ -90,8 +98,9 @@ def _write_linux_core(pid: int, path: str, mode: DumpMode,
                        populate=expected <= procfs.memory_available() // 2)
         with PausedProcess(pid) as paused:
             snapshot = paused.snapshot()
-            clr_ranges = (_read_clr(bridge, pid, {t.tid: t.prstatus_regs for t in snapshot.threads},
-                                    depth) if bridge else [])
+            # Keyed by the ids the CLR knows its threads by: those of the target's pid namespace.
+            registers = {t.target_tid: t.prstatus_regs for t in snapshot.threads}
+            clr_ranges = _read_clr(bridge, pid, registers, depth) if bridge else []
             plan = select.select(snapshot, mode, paused.memory.read, clr_ranges)
             log.debug("plan: %d ranges, %d bytes: %s", len(plan.ranges), plan.total_bytes,
                       plan.bytes_by_kind())
@@ -110,7 +119,7 @@ def _write_linux_core(pid: int, path: str, mode: DumpMode,
                 log.debug("the output cannot be mapped: writing while the target is paused")
                 size = writer.write(paused.stream(plan.ranges), advance)
         output.commit(size)
-    return _result(output.path, snapshot, plan, size, paused.paused_seconds, started)
+    return _result(output.path, snapshot, plan, size, paused.paused_seconds, started, dac)
 
 
 def _write_windows_minidump(pid: int, path: str, mode: DumpMode) -> DumpResult:
@@ -135,19 +144,33 @@ def _write_windows_minidump(pid: int, path: str, mode: DumpMode) -> DumpResult:
 
 
 def _result(path: str, snapshot: ProcessSnapshot, plan: DumpPlan, size: int,
-            paused_seconds: float, started: float) -> DumpResult:
-    return DumpResult(path=path, pid=snapshot.pid, mode=plan.mode, bytes_written=size,
-                      threads=len(snapshot.threads), ranges_by_kind=plan.bytes_by_kind(),
-                      paused_seconds=paused_seconds, total_seconds=time.monotonic() - started)
+            paused_seconds: float, started: float, dac: str | None) -> DumpResult:
+    return DumpResult(path=path, pid=snapshot.target_ids.pid, host_pid=snapshot.pid, mode=plan.mode,
+                      bytes_written=size, threads=len(snapshot.threads),
+                      ranges_by_kind=plan.bytes_by_kind(), paused_seconds=paused_seconds,
+                      total_seconds=time.monotonic() - started, dac_path=dac)
 
 
-def _looks_like_dotnet(pid: int, mappings: list) -> bool:
-    """libcoreclr is mapped, or (single-file apps link it in) the runtime's diagnostics socket
-    exists. The bridge has the last word; this only spares a plain native process the pause."""
-    if any(native.is_runtime_module(m.path) for m in mappings):
-        return True
-    socket_dir = os.environ.get("TMPDIR", "/tmp")
-    return bool(glob.glob(os.path.join(socket_dir, f"dotnet-diagnostic-{pid}-*-socket")))
+def _find_dac(pid: int, mappings: list, dac_path: str | None) -> str:
+    """The target's runtime (libcoreclr, or linked into a single-file app), read from its
+    memory before the pause, and the DAC that matches it. No runtime or no DAC: exit 5."""
+    from minidumper import dac, runtime_files
+    from minidumper.engines.linux import procfs
+    from minidumper.engines.linux.memory import ProcessMemory
+
+    memory = ProcessMemory(pid)
+    try:
+        runtime = runtime_files.find_runtime(pid, mappings, procfs.read_bytes(pid, "auxv"), memory.read)
+    except FileNotFoundError as error:
+        raise TargetExitedError(f"process {pid} exited") from error
+    finally:
+        memory.close()
+    if runtime is None:
+        raise NotDotnetError(f"process {pid} is not a .NET process (no libcoreclr.so is loaded and "
+                             "no single-file runtime found); --full still dumps any process")
+    located = dac.locate(runtime, dac_path)
+    log.debug("%s; DAC: %s", runtime.describe(), located)
+    return located
 
 
 def _load_bridge(pid: int) -> object:

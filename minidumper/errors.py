@@ -44,6 +44,11 @@ class NotDotnetError(MinidumperError):
     exit_code = ExitCode.NOT_DOTNET
 
 
+class DacNotFoundError(NotDotnetError):
+    """No DAC (libmscordaccore.so) of the target runtime's exact build on this machine; heap and
+    mini need one. --full does not."""
+
+
 class OutputError(MinidumperError):
     """The output path is unusable, or writing to it failed (disk full, ...)."""
 

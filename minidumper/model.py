@@ -111,6 +111,23 @@ class ThreadState:
     pending_signal: int = 0       # delivered again when the thread resumes
     instruction_pointer: int = 0
     stack_pointer: int = 0
+    namespace_tid: int = 0        # its id in the target's own pid namespace; 0: the same as tid
+
+    @property
+    def target_tid(self) -> int:
+        """The id the target (and its CLR) knows this thread by: the one a dump must carry."""
+        return self.namespace_tid or self.tid
+
+
+@dataclass(frozen=True)
+class NamespaceIds:
+    """The target's ids inside its own pid namespace, where that is not the dumper's.
+    0 where the process named is outside that namespace (a container's init has ppid 0)."""
+
+    pid: int
+    ppid: int
+    pgrp: int
+    sid: int
 
 
 @dataclass(frozen=True)
@@ -130,6 +147,12 @@ class ProcessSnapshot:
     threads: list[ThreadState]
     mappings: list[Mapping]
     auxv: bytes
+    namespace: NamespaceIds | None = None   # None: the target shares the dumper's pid namespace
+
+    @property
+    def target_ids(self) -> NamespaceIds:
+        """pid, ppid, pgrp and sid as the target sees them: what the dump's notes carry."""
+        return self.namespace or NamespaceIds(self.pid, self.ppid, self.pgrp, self.sid)
 
 
 @dataclass(frozen=True)

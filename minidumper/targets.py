@@ -53,11 +53,34 @@ def names_of(info: ProcessInfo) -> set[str]:
         executable = os.path.basename(info.cmdline[0])
         names.add(executable)
         if executable in DOTNET_HOSTS:
-            assembly = next((arg for arg in info.cmdline[1:] if not arg.startswith("-")), "")
+            assembly = hosted_assembly(info.cmdline[1:])
             if assembly:
                 base = os.path.basename(assembly)
                 names.update({base, base.removesuffix(".dll").removesuffix(".exe")})
     return names
+
+
+# The muxer's options that take a value, for `dotnet [options] app.dll` and
+# `dotnet exec [options] app.dll`; the others (--roll-forward-on-no-candidate-fx, -d, ...) take none.
+HOST_OPTIONS_WITH_VALUE = {
+    "--additionalprobingpath", "--additional-deps", "--depsfile", "--fx-version", "--roll-forward",
+    "--runtimeconfig", "--roll-forward-on-no-candidate-fx",
+}
+
+
+def hosted_assembly(arguments: list[str]) -> str:
+    """The app a `dotnet` command line runs: the first argument that is neither `exec` nor a
+    host option (nor an option's value)."""
+    rest = arguments[1:] if arguments[:1] == ["exec"] else arguments
+    skip_value = False
+    for argument in rest:
+        if skip_value:
+            skip_value = False
+        elif argument.startswith("-"):
+            skip_value = "=" not in argument and argument in HOST_OPTIONS_WITH_VALUE
+        else:
+            return argument
+    return ""
 
 
 def find_by_name(name: str) -> ProcessInfo:

@@ -10,6 +10,7 @@ import struct
 from collections.abc import Callable, Iterator
 
 from minidumper.model import PAGE_SIZE, Mapping, MappingIndex, MemoryRange, ProcessSnapshot, RangeKind
+from minidumper.plan import elf_exports
 
 ReadMemory = Callable[[int, int], bytes]
 
@@ -21,6 +22,7 @@ REG_FS_BASE = 21                 # in struct user_regs_struct
 THREAD_DESCRIPTOR_BYTES = 4096
 MAX_LINK_MAP_ENTRIES = 4096
 MAX_EH_FRAME_BYTES = 64 << 20
+RUNTIME_INFO_EXPORT = "DotNetRuntimeInfo"
 
 
 def page_floor(address: int) -> int:
@@ -188,15 +190,41 @@ def is_runtime_module(path: str) -> bool:
     return path.endswith("/libcoreclr.so")
 
 
-def runtime_base(snapshot: ProcessSnapshot) -> int | None:
-    """Load address of libcoreclr, or None where the process has no CLR mapped."""
-    starts = [m.start for m in snapshot.mappings if is_runtime_module(m.path) and m.offset == 0]
-    return min(starts) if starts else None
+def main_executable(mappings: list[Mapping], auxv: bytes) -> Mapping | None:
+    """The first mapping of the program's own file: the one its program headers (AT_PHDR) are in."""
+    entries = dict(struct.iter_unpack("<QQ", auxv[:len(auxv) // 16 * 16]))
+    holder = MappingIndex(mappings).at(entries.get(AT_PHDR, 0))
+    if holder is None or not holder.is_file:
+        return None
+    return min((m for m in mappings if m.path == holder.path and m.offset == 0),
+               key=lambda m: m.start, default=None)
 
 
-def runtime_data(snapshot: ProcessSnapshot) -> Iterator[MemoryRange]:
-    """libcoreclr's writable mappings and the anonymous bss right after them."""
-    return module_data(snapshot, is_runtime_module, RangeKind.RUNTIME_DATA)
+def runtime_module(mappings: list[Mapping], auxv: bytes, read: ReadMemory) -> Mapping | None:
+    """The first mapping of the module the CLR runs from: libcoreclr.so, or, in a
+    self-contained single-file app, the executable itself (it exports DotNetRuntimeInfo)."""
+    starts = [m for m in mappings if is_runtime_module(m.path) and m.offset == 0]
+    if starts:
+        return min(starts, key=lambda m: m.start)
+    executable = main_executable(mappings, auxv)
+    if executable and elf_exports.export_address(read, executable.start, RUNTIME_INFO_EXPORT):
+        return executable
+    return None
+
+
+def runtime_base(snapshot: ProcessSnapshot, read: ReadMemory) -> int | None:
+    """Load address of the runtime's module, or None where the process has no CLR."""
+    module = runtime_module(snapshot.mappings, snapshot.auxv, read)
+    return module.start if module else None
+
+
+def runtime_data(snapshot: ProcessSnapshot, read: ReadMemory) -> Iterator[MemoryRange]:
+    """The runtime module's writable mappings and the anonymous bss right after them (where
+    "@(#)Version" and the DAC's globals are): libcoreclr's, or a single-file app's own."""
+    module = runtime_module(snapshot.mappings, snapshot.auxv, read)
+    if module is None:
+        return iter(())
+    return module_data(snapshot, lambda path: path == module.path, RangeKind.RUNTIME_DATA)
 
 
 def is_thread_library(path: str) -> bool:

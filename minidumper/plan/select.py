@@ -48,14 +48,14 @@ def select(snapshot: ProcessSnapshot, mode: DumpMode, read: native.ReadMemory,
     if Part.VDSO in parts:
         wanted += native.vdso(snapshot)
     if Part.RUNTIME_DATA in parts:
-        wanted += native.runtime_data(snapshot)
+        wanted += native.runtime_data(snapshot, read)
     if Part.PE_HEADERS in parts:
         wanted += native.pe_headers(snapshot, read)
     wanted += _clr_pieces(mode, clr_ranges)
 
     ranges = clip_to(merge_by_priority(wanted), [m for m in snapshot.mappings if dumpable(m)])
     synthetic = []
-    base = native.runtime_base(snapshot)
+    base = native.runtime_base(snapshot, read)
     if Part.DIAG_INFO in parts and base is not None and not _overlaps(ranges, DIAG_INFO_ADDRESS):
         synthetic.append(SyntheticRange(DIAG_INFO_ADDRESS, diag_info_page(base), RangeKind.DIAG_INFO))
     return DumpPlan(mode=mode, ranges=ranges, synthetic=synthetic)

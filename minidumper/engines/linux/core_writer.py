@@ -60,11 +60,14 @@ class _FlagsByAddress:
 
 
 def build_notes(snapshot: ProcessSnapshot) -> bytes:
+    """The notes, with the ids the target knows (those of its own pid namespace): the CLR
+    names its threads by them, so readers match its threads to NT_PRSTATUS by them."""
     psargs = " ".join(snapshot.cmdline)
+    ids = snapshot.target_ids
     notes = [
         elf.note(b"CORE", elf.NT_PRPSINFO, elf.prpsinfo(
-            state=snapshot.state, pid=snapshot.pid, ppid=snapshot.ppid, pgrp=snapshot.pgrp,
-            sid=snapshot.sid, uid=snapshot.uid, gid=snapshot.gid, nice=snapshot.nice, flags=0,
+            state=snapshot.state, pid=ids.pid, ppid=ids.ppid, pgrp=ids.pgrp,
+            sid=ids.sid, uid=snapshot.uid, gid=snapshot.gid, nice=snapshot.nice, flags=0,
             fname=snapshot.name, psargs=psargs)),
         elf.note(b"CORE", elf.NT_AUXV, snapshot.auxv),
         elf.note(b"CORE", elf.NT_FILE, elf.file_note(
@@ -75,7 +78,7 @@ def build_notes(snapshot: ProcessSnapshot) -> bytes:
     threads = sorted(snapshot.threads, key=lambda t: (t.tid != snapshot.pid, t.tid))
     for thread in threads:
         notes.append(elf.note(b"CORE", elf.NT_PRSTATUS, elf.prstatus(
-            tid=thread.tid, ppid=snapshot.ppid, pgrp=snapshot.pgrp, sid=snapshot.sid,
+            tid=thread.target_tid, ppid=ids.ppid, pgrp=ids.pgrp, sid=ids.sid,
             regs=thread.prstatus_regs, cursig=thread.pending_signal)))
         notes.append(elf.note(b"CORE", elf.NT_FPREGSET, thread.fpregs))
         if thread.xstate:

@@ -7,7 +7,7 @@ import struct
 import time
 from collections.abc import Iterator
 
-from minidumper.engines.linux import procfs
+from minidumper.engines.linux import namespaces, procfs
 from minidumper.engines.linux.memory import ProcessMemory
 from minidumper.engines.linux.ptrace import (
     NT_PRFPREG, NT_PRSTATUS, NT_X86_XSTATE, REG_RIP, REG_RSP, USER_FPREGS_SIZE, USER_REGS_SIZE,
@@ -57,19 +57,21 @@ class PausedProcess:
         try:
             stat = procfs.stat_fields(pid)
             status = procfs.status_fields(pid)
+            namespace = namespaces.namespace_ids(status)
             snapshot = ProcessSnapshot(
                 pid=pid, name=procfs.comm(pid), cmdline=procfs.cmdline(pid),
                 uid=int(status["Uid"].split()[0]), gid=int(status["Gid"].split()[0]),
                 ppid=int(stat[1]), pgrp=int(stat[2]), sid=int(stat[3]), state=stat[0],
-                nice=int(stat[16]), threads=[self._thread_state(tid) for tid in sorted(self._tracer.held)],
-                mappings=procfs.read_maps(pid), auxv=procfs.read_bytes(pid, "auxv"))
+                nice=int(stat[16]),
+                threads=[self._thread_state(tid, namespace is not None) for tid in sorted(self._tracer.held)],
+                mappings=procfs.read_maps(pid), auxv=procfs.read_bytes(pid, "auxv"), namespace=namespace)
         except FileNotFoundError as error:
             raise TargetExitedError(f"process {pid} exited mid-dump") from error
         except PermissionError as error:
             raise AccessDeniedError(f"cannot read /proc/{pid}: {error.strerror}") from error
         return snapshot
 
-    def _thread_state(self, tid: int) -> ThreadState:
+    def _thread_state(self, tid: int, in_other_namespace: bool) -> ThreadState:
         regs = self._tracer.get_regset(tid, NT_PRSTATUS, USER_REGS_SIZE) or bytes(USER_REGS_SIZE)
         if len(regs) != USER_REGS_SIZE:
             raise MinidumperError(f"process {self.pid} is not a 64-bit x86 process; "
@@ -84,7 +86,8 @@ class PausedProcess:
             tid=tid, name=name, prstatus_regs=regs, fpregs=fpregs, xstate=xstate,
             pending_signal=self._tracer.held[tid].pending_signal,
             instruction_pointer=struct.unpack_from("<Q", regs, REG_RIP * 8)[0],
-            stack_pointer=struct.unpack_from("<Q", regs, REG_RSP * 8)[0])
+            stack_pointer=struct.unpack_from("<Q", regs, REG_RSP * 8)[0],
+            namespace_tid=namespaces.thread_id_in_namespace(self.pid, tid) if in_other_namespace else 0)
 
     def stream(self, ranges: list[MemoryRange]) -> Iterator[PIECE]:
         """The readable pieces of the ranges, read as they are asked for."""
