@@ -31,6 +31,13 @@ for project in fixtures/*/*.csproj; do
   name=$(basename "$project" .csproj)
   build "$project" ".build/fixtures/$name"
 done
+# Published variants of the heap fixture: single-file apps (.NET 8 self-contained, and
+# framework-dependent). Their runtime packs come from NuGet and stay in its cache.
+for project in fixtures/published/*/*.csproj; do
+  name=$(basename "$project" .csproj)
+  echo "setup: publishing $project" >&2
+  dotnet publish "$project" -c Release -o ".build/fixtures/$name" -nologo -v quiet -clp:ErrorsOnly
+done
 if [ -f .config/dotnet-tools.json ]; then
   dotnet tool restore >/dev/null
 fi

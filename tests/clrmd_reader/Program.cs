@@ -1,5 +1,5 @@
 // Reads a .NET process or dump with ClrMD and prints one JSON object: the tests' independent reader.
-//   ClrmdReader --dump PATH | --pid PID
+//   ClrmdReader --dump PATH | --pid PID  [--dac PATH: the DAC to use, where it is not beside the runtime]
 // Sections that fail are reported in "errors" and the rest is still printed, so a dump that lacks
 // memory ClrMD needs shows up as differences, not as a crash. Fatal errors print {"error": ...}, exit 1.
 using System;
@@ -61,8 +61,14 @@ public static class Program
     {
         try
         {
+            string? dacPath = null;
+            if (args.Length == 4 && args[2] == "--dac")
+            {
+                dacPath = args[3];
+                args = args[..2];
+            }
             using DataTarget target = Open(args);
-            Console.WriteLine(JsonSerializer.Serialize(Read(target), JsonOptions));
+            Console.WriteLine(JsonSerializer.Serialize(Read(target, dacPath), JsonOptions));
             return 0;
         }
         catch (Exception e)
@@ -81,12 +87,12 @@ public static class Program
         throw new ArgumentException("usage: ClrmdReader --dump PATH | --pid PID");
     }
 
-    static Reading Read(DataTarget target)
+    static Reading Read(DataTarget target, string? dacPath)
     {
         if (target.ClrVersions.Length == 0)
             throw new InvalidOperationException("no CLR found in the target");
         ClrInfo clr = target.ClrVersions[0];
-        using ClrRuntime runtime = clr.CreateRuntime();
+        using ClrRuntime runtime = dacPath is null ? clr.CreateRuntime() : clr.CreateRuntime(dacPath, ignoreMismatch: true);  // ClrMD reads .NET 10 as 0.0
         ClrHeap heap = runtime.Heap;
         var errors = new List<string>();
 
