@@ -15,3 +15,7 @@ class NoClrRuntimeError(ClrBridgeError):
 
 class ClrReadError(ClrBridgeError):
     """ClrMD failed while reading the target."""
+
+
+class BridgeCrashedError(ClrBridgeError):
+    """The bridge's process died (the DAC or .NET crashed or aborted) or did not answer in time."""

@@ -7,6 +7,7 @@ across pythonnet instead of one per object. The names here are ClrMD's.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -56,13 +57,39 @@ class ClrReadout:
         return [m for m in self.memory if m.kind == kind]
 
 
-def read_clr(pid: int, thread_registers: dict[int, bytes], depth: str) -> ClrReadout:
+DAC_NAME = "libmscordaccore.so"
+RUNTIME_NAME = "libcoreclr.so"
+
+
+def dac_beside_runtime(pid: int) -> str | None:
+    """libmscordaccore.so beside the target's libcoreclr.so, through /proc/PID/root: in a
+    container the same path may name another file here, or none. None where the runtime is not a
+    separate library (a single-file app) or has no DAC beside it."""
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            runtime = next((line.split(maxsplit=5)[5].strip() for line in maps
+                            if line.rstrip().endswith("/" + RUNTIME_NAME)), None)
+    except OSError:
+        return None
+    if runtime is None:
+        return None
+    beside = os.path.join(os.path.dirname(runtime), DAC_NAME)
+    for candidate in (f"/proc/{pid}/root{beside}", beside):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def read_clr(pid: int, thread_registers: dict[int, bytes], depth: str, *,
+             dac_path: str | None = None) -> ClrReadout:
     """Walk the CLR of a live process, which may be held stopped by our PTRACE_SEIZE.
 
     ``thread_registers`` maps each thread id to its raw x86-64 ``user_regs_struct`` (NT_PRSTATUS),
     which the DAC gets as the thread's context. ``depth`` is "mini" (managed stacks), "heap"
     (stacks, plus GC segments, native heaps, handles, roots, every object's type) or "layout"
     (GC segments and native heaps only: quick, and safe on a target nobody holds).
+    ``dac_path`` is the runtime's libmscordaccore.so for the target's exact runtime version;
+    None takes the one beside the target's libcoreclr.so. Nothing is ever downloaded.
     """
     if depth not in DEPTHS:
         raise ValueError(f"depth must be one of {DEPTHS}, not {depth!r}")
@@ -70,6 +97,8 @@ def read_clr(pid: int, thread_registers: dict[int, bytes], depth: str) -> ClrRea
         if len(regs) != USER_REGS_SIZE:
             raise ValueError(f"registers of thread {tid} are {len(regs)} bytes, not {USER_REGS_SIZE}")
 
+    if dac_path is None and os.name != "nt":
+        dac_path = dac_beside_runtime(pid)
     host.load()
     import System  # these modules exist only once .NET is loaded
     from ClrmdBridge import ClrMemoryWalker, NoClrRuntimeException
@@ -78,7 +107,7 @@ def read_clr(pid: int, thread_registers: dict[int, bytes], depth: str) -> ClrRea
     regs = System.Array[System.Byte](b"".join(thread_registers.values()))
     started = time.perf_counter()
     try:
-        result = ClrMemoryWalker.Read(pid, tids, regs, depth)
+        result = ClrMemoryWalker.Read(pid, tids, regs, depth, dac_path or "")
     except NoClrRuntimeException as e:
         raise NoClrRuntimeError(str(e.Message)) from None
     except System.Exception as e:

@@ -5,6 +5,7 @@ The target is resumed on every path, and the output appears under its name only 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import sys
@@ -12,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from minidumper.clr_walk import ClrWalk
 from minidumper.errors import MinidumperError, NotDotnetError, RuntimeBridgeError, TargetExitedError
 from minidumper.model import DumpMode, DumpPlan, ProcessSnapshot
 from minidumper.output import OutputFile
@@ -69,25 +71,30 @@ def write_dump(pid: int, path: str, mode: DumpMode = DumpMode.HEAP, *,
 def _write_linux_core(pid: int, path: str, mode: DumpMode,
                       progress: DumpProgress | None, dac_path: str | None) -> DumpResult:
     from minidumper import targets
-    from minidumper.engines.linux import procfs
-    from minidumper.engines.linux.core_writer import CoreWriter
-    from minidumper.engines.linux.session import PausedProcess
 
     if platform.machine() != "x86_64":
         raise MinidumperError(f"the Linux engine writes x86-64 cores; this machine is {platform.machine()}")
     started = time.monotonic()
     targets.describe(pid)
+    # The bridge's process loads .NET while this one reads /proc.
+    with ClrWalk(pid) if modes.clr_depth(mode) else contextlib.nullcontext() as clr:
+        return _dump_linux(pid, path, mode, progress, clr, started, dac_path)
+
+
+def _dump_linux(pid: int, path: str, mode: DumpMode, progress: DumpProgress | None,
+                clr: ClrWalk | None, started: float, dac_path: str | None) -> DumpResult:
+    from minidumper import targets
+    from minidumper.engines.linux import procfs
+    from minidumper.engines.linux.core_writer import CoreWriter
+    from minidumper.engines.linux.session import PausedProcess
+
     mappings = targets.mappings(pid)
-    depth = modes.clr_depth(mode)
-    bridge = None
-    dac = None
     clr_layout: list[tuple[int, int, str]] = []
-    if depth:
-        dac = _find_dac(pid, mappings, dac_path)
-        bridge = _load_bridge(pid)
+    if clr:
+        clr.dac_path = _find_dac(pid, mappings, dac_path)
         # Also for mini: a target with no CLR fails before its pause, and ClrMD and the DAC are
-        # loaded and compiled, so the walk in the pause is quick.
-        clr_layout = _clr_layout(bridge, pid)
+        # loaded and warm, so the walk in the pause is quick.
+        clr_layout = clr.layout()
 
     expected = select.expected_bytes(mode, mappings, clr_layout)
     with OutputFile(path) as output:
@@ -100,7 +107,7 @@ def _write_linux_core(pid: int, path: str, mode: DumpMode,
             snapshot = paused.snapshot()
             # Keyed by the ids the CLR knows its threads by: those of the target's pid namespace.
             registers = {t.target_tid: t.prstatus_regs for t in snapshot.threads}
-            clr_ranges = _read_clr(bridge, pid, registers, depth) if bridge else []
+            clr_ranges = clr.walk(registers, modes.clr_depth(mode)) if clr else []
             plan = select.select(snapshot, mode, paused.memory.read, clr_ranges)
             log.debug("plan: %d ranges, %d bytes: %s", len(plan.ranges), plan.total_bytes,
                       plan.bytes_by_kind())
@@ -119,7 +126,8 @@ def _write_linux_core(pid: int, path: str, mode: DumpMode,
                 log.debug("the output cannot be mapped: writing while the target is paused")
                 size = writer.write(paused.stream(plan.ranges), advance)
         output.commit(size)
-    return _result(output.path, snapshot, plan, size, paused.paused_seconds, started, dac)
+    return _result(output.path, snapshot, plan, size, paused.paused_seconds, started,
+                   clr.dac_path if clr else None)
 
 
 def _write_windows_minidump(pid: int, path: str, mode: DumpMode) -> DumpResult:
@@ -174,7 +182,7 @@ def _find_dac(pid: int, mappings: list, dac_path: str | None) -> str:
 
 
 def _load_bridge(pid: int) -> object:
-    """Starts .NET in this process before the target is paused, so the pause stays short."""
+    """Windows: .NET in this process (the bridge's own process needs POSIX pipes for now)."""
     try:
         import clrmd_bridge
         clrmd_bridge.load()
@@ -183,16 +191,6 @@ def _load_bridge(pid: int) -> object:
     except Exception as error:
         raise RuntimeBridgeError(f"cannot start the CLR bridge: {error}") from error
     return clrmd_bridge
-
-
-def _clr_layout(bridge, pid: int) -> list[tuple[int, int, str]]:
-    """Where the CLR's heaps are, read from the running target to size the output before the
-    pause. A target with no CLR fails here, unpaused; any other failure only loses the estimate."""
-    try:
-        return _read_clr(bridge, pid, {}, "layout")
-    except RuntimeBridgeError as error:
-        log.debug("no estimate of the CLR's heaps: %s", error)
-        return []
 
 
 def _read_clr(bridge, pid: int, registers: dict[int, bytes], depth: str) -> list[tuple[int, int, str]]:

@@ -29,14 +29,33 @@ def shares_mount_namespace(pid: int) -> bool:
         return True
 
 
-def reachable_path(pid: int, path: str) -> str | None:
-    """Where a file the target names by `path` can be opened from here: through the target's
-    root where it lives in another mount namespace (and also where its path does not exist
-    here), else the path itself. None where neither exists."""
+def reachable_path(pid: int, path: str, inode: int = 0) -> str | None:
+    """Where a file the target maps as `path` can be opened from here: through the target's root
+    where it lives in another mount namespace (or its path does not exist here), else the path
+    itself; one with the mapping's inode first. None where neither exists.
+
+    From outside its mount namespace, /proc/PID/maps names a chrooted target's files from that
+    namespace's root, and readlink(/proc/PID/root) is the chroot there: that prefix goes."""
     path = path.removesuffix(" (deleted)")
-    through_root = f"/proc/{pid}/root{path}"
+    root = f"/proc/{pid}/root"
+    try:
+        chroot = os.readlink(root).rstrip("/")
+    except OSError:
+        chroot = ""
+    inside = path[len(chroot):] if chroot and path.startswith(chroot + "/") else path
+    through_root = root + inside
     candidates = [path, through_root] if shares_mount_namespace(pid) else [through_root, path]
-    return next((c for c in candidates if os.path.exists(c)), None)
+    existing = [c for c in candidates if os.path.exists(c)]
+    if inode:
+        existing.sort(key=lambda c: _inode(c) != inode)
+    return existing[0] if existing else None
+
+
+def _inode(path: str) -> int:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return 0
 
 
 @dataclass(frozen=True)
@@ -66,7 +85,7 @@ def find_runtime(pid: int, mappings: list[Mapping], auxv: bytes,
     if module is None:
         return None
     single_file = not native.is_runtime_module(module.path)
-    reachable = reachable_path(pid, module.path)
+    reachable = reachable_path(pid, module.path, module.inode)
     info = None
     if single_file:
         address = elf_exports.export_address(read, module.start, native.RUNTIME_INFO_EXPORT)

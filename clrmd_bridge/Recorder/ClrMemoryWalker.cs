@@ -46,7 +46,11 @@ namespace ClrmdBridge
         /// <param name="userRegs">The threads' x86-64 user_regs_struct records, concatenated.</param>
         /// <param name="depth">"mini": the managed stacks; "heap": stacks, the CLR's memory and every
         /// object's type; "layout": the CLR's memory only, a quick look at a running target.</param>
-        public static ClrWalkResult Read(int pid, uint[] threadIds, byte[] userRegs, string depth)
+        /// <param name="dacPath">The runtime's data-access library (libmscordaccore.so) matching the
+        /// target's runtime; ClrMD 4 no longer looks for it off Windows. Empty: let ClrMD look
+        /// (Windows only). The caller vouches for the match: ClrMD reads .NET 10's version as 0.0,
+        /// so its own check would refuse every DAC.</param>
+        public static ClrWalkResult Read(int pid, uint[] threadIds, byte[] userRegs, string depth, string dacPath)
         {
             (bool walkStacks, bool listMemory, bool walkObjects) = depth switch
             {
@@ -60,14 +64,14 @@ namespace ClrmdBridge
             Stopwatch clock = Stopwatch.StartNew();
             // On Linux the target is held by our tracer: suspend: false reads with process_vm_readv
             // only. On Windows nobody holds it, and suspending threads there needs no tracer.
-            DataTarget live = DataTarget.AttachToProcess(pid, suspend: OperatingSystem.IsWindows());
+            DataTarget live = DataTarget.AttachToProcess(pid, suspend: OperatingSystem.IsWindows(), OfflineOptions());
             RecordingDataReader reader = new(live.DataReader, registers, innerOwner: live);
-            using DataTarget target = new(new CustomDataTarget(reader));  // disposes reader, then live
+            using DataTarget target = new(reader, OfflineOptions());  // disposes reader, then live
             if (target.ClrVersions.Length == 0)
                 throw new NoClrRuntimeException($"process {pid} has no .NET runtime (no libcoreclr found)");
 
             ClrInfo clr = target.ClrVersions[0];
-            using ClrRuntime runtime = clr.CreateRuntime();
+            using ClrRuntime runtime = string.IsNullOrEmpty(dacPath) ? clr.CreateRuntime() : clr.CreateRuntime(dacPath, ignoreMismatch: true);
 
             MemoryList memory = new();
             List<string> warnings = new();
@@ -95,6 +99,21 @@ namespace ClrmdBridge
                 KindNames = memory.KindNames.ToArray(),
                 Warnings = warnings.ToArray(),
             };
+        }
+
+        /// <summary>Nothing is ever downloaded at dump time: no symbol server, no file locator.</summary>
+        private static DataTargetOptions OfflineOptions() => new()
+        {
+            FileLocator = new OfflineFileLocator(),
+            SymbolPaths = Array.Empty<string>(),
+        };
+
+        private sealed class OfflineFileLocator : IFileLocator
+        {
+            public string? FindPEImage(string fileName, int buildTimeStamp, int imageSize, bool checkProperties) => null;
+
+            public string? FindPEImage(string fileName, SymbolProperties archivedUnder, System.Collections.Immutable.ImmutableArray<byte> buildIdOrUUID,
+                                       System.Runtime.InteropServices.OSPlatform originalPlatform, bool checkProperties) => null;
         }
 
         private static Dictionary<uint, UserRegsStruct> SplitRegisters(uint[] threadIds, byte[] userRegs)

@@ -1,0 +1,163 @@
+"""The client of the bridge's own process (clrmd_bridge.worker): the CLR walk, out of our process.
+
+The DAC is native code reading a process that is changing under it (before the pause) and .NET can
+abort; in a worker process their death is an error to report, never the death of the dumper that
+holds the target and the output. Start it early: loading .NET takes a few tenths of a second, which
+then run while the dumper reads /proc.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import errors
+from .runtime import ClrReadout
+from .frames import read_frame, write_frame
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_SECONDS = 60.0
+PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
+LOG_TAIL_BYTES = 2000
+
+
+class ClrWalkerProcess:
+    """One worker process; ``read_clr`` asks it, ``close`` (or the with block) ends it.
+
+    Not for two threads at once; each dump starts its own.
+    """
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen | None = None
+        self._requests: int | None = None
+        self._replies: int | None = None
+        self._log = None
+        self._ready = False
+
+    def __enter__(self) -> ClrWalkerProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        """Starts the worker and returns at once; the first read waits until .NET is loaded."""
+        if self._process is not None:
+            return
+        request_read, request_write = os.pipe()
+        reply_read, reply_write = os.pipe()
+        self._log = tempfile.TemporaryFile(prefix="minidumper-bridge-")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (PACKAGE_PARENT, env.get("PYTHONPATH"))))
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "clrmd_bridge.worker",
+                 str(request_read), str(reply_write), str(os.getpid())],
+                pass_fds=(request_read, reply_write), stdin=subprocess.DEVNULL,
+                stdout=self._log, stderr=self._log, env=env, start_new_session=True)
+        except OSError as error:
+            for fd in (request_read, request_write, reply_read, reply_write):
+                os.close(fd)
+            raise errors.BridgeLoadError(f"cannot start the bridge's process: {error}") from error
+        finally:
+            if self._process is not None:
+                os.close(request_read)
+                os.close(reply_write)
+        self._requests, self._replies = request_write, reply_read
+        log.debug("bridge process %d started", self._process.pid)
+
+    def wait_ready(self, timeout: float = START_TIMEOUT_SECONDS) -> None:
+        if self._ready:
+            return
+        self.start()
+        try:
+            reply = self._receive(timeout, "starting .NET")
+        except errors.BridgeCrashedError as error:
+            raise errors.BridgeLoadError(str(error)) from None
+        if reply[0] == "error":
+            raise self._error(reply)
+        self._ready = True
+
+    def read_clr(self, pid: int, thread_registers: dict[int, bytes], depth: str, *,
+                 dac_path: str | None = None, timeout: float) -> ClrReadout:
+        """clrmd_bridge.read_clr, in the worker. Raises BridgeCrashedError when it dies or takes
+        longer than timeout (it is then ended), and the worker's own errors as they are."""
+        deadline = time.monotonic() + timeout
+        self.wait_ready(max(timeout, START_TIMEOUT_SECONDS))
+        try:
+            write_frame(self._requests, (pid, thread_registers, depth, dac_path))
+        except OSError:
+            raise self._crashed(f"walking the CLR ({depth})") from None
+        reply = self._receive(max(0.0, deadline - time.monotonic()), f"walking the CLR ({depth})")
+        if reply[0] == "error":
+            raise self._error(reply)
+        return reply[1]
+
+    def _receive(self, timeout: float, doing: str) -> tuple:
+        readable, _, _ = select.select([self._replies], [], [], timeout)
+        if not readable:
+            self._kill()
+            raise errors.BridgeCrashedError(f"the bridge's process took longer than {timeout:.0f} s "
+                                            f"{doing}, and was ended")
+        reply = read_frame(self._replies)
+        if reply is None:
+            raise self._crashed(doing)
+        return reply
+
+    def _crashed(self, doing: str) -> errors.BridgeCrashedError:
+        self._kill()
+        code = self._process.returncode
+        how = (f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}")
+        tail = self._log_tail()
+        return errors.BridgeCrashedError(f"the bridge's process {how} while {doing}"
+                                         + (f": {tail}" if tail else ""))
+
+    @staticmethod
+    def _error(reply: tuple) -> errors.ClrBridgeError:
+        _, kind, message = reply
+        error_class = getattr(errors, kind, errors.ClrReadError)
+        return error_class(message)
+
+    def _log_tail(self) -> str:
+        """The last lines the worker printed (a .NET abort says why there)."""
+        if self._log is None:
+            return ""
+        self._log.seek(0, os.SEEK_END)
+        size = self._log.tell()
+        self._log.seek(max(0, size - LOG_TAIL_BYTES))
+        lines = self._log.read().decode(errors="replace").strip().splitlines()
+        return " | ".join(line.strip() for line in lines[-3:] if line.strip())
+
+    def _kill(self) -> None:
+        if self._process is None or self._process.poll() is not None:
+            return
+        self._process.kill()
+        self._process.wait()
+
+    def close(self) -> None:
+        """Ends the worker (it holds nothing worth a graceful exit) and every descriptor."""
+        if self._process is not None:
+            self._kill()
+            if self._log is not None and log.isEnabledFor(logging.DEBUG):
+                tail = self._log_tail()
+                if tail:
+                    log.debug("bridge process said: %s", tail)
+        for fd in (self._requests, self._replies):
+            if fd is not None:
+                os.close(fd)
+        self._requests = self._replies = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None

@@ -1,0 +1,113 @@
+"""The CLR walk, as the dump sees it: the bridge's process, its failures turned into ours.
+
+Before the pause the walk is an estimate only (where the CLR's heaps are, to size the output):
+losing it, even to a crash of the DAC, loses nothing else. Inside the pause a failure is the
+dump's failure, reported with its own exit code once the target is resumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from minidumper.errors import (
+    ClrReadFailedError, NotDotnetError, RuntimeBridgeError, TargetExitedError)
+
+log = logging.getLogger(__name__)
+
+WALK_TIMEOUT_SECONDS = 30.0      # a DAC that loops must not hold the target paused for longer
+LAYOUT_TIMEOUT_SECONDS = 30.0
+
+CLR_RANGE = tuple[int, int, str]
+
+
+class ClrWalk:
+    """The bridge's process for one dump, started as early as possible; ended by close()."""
+
+    def __init__(self, pid: int, dac_path: str | None = None) -> None:
+        import clrmd_bridge
+
+        self._bridge = clrmd_bridge
+        self.pid = pid
+        self.dac_path = dac_path
+        self.runtime_version = ""
+        self.warnings: list[str] = []
+        self._process = clrmd_bridge.ClrWalkerProcess()
+        try:
+            self._process.start()
+        except clrmd_bridge.BridgeLoadError as error:
+            raise RuntimeBridgeError(f"cannot start the CLR bridge: {error}") from error
+
+    def __enter__(self) -> ClrWalk:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._process.close()
+
+    def layout(self) -> list[CLR_RANGE]:
+        """Where the CLR's heaps are, read from the running target. A target with no CLR fails
+        here, unpaused, and so does a bridge that cannot start; any other failure only loses the
+        estimate (and a crashed worker is replaced for the walk in the pause)."""
+        bridge = self._bridge
+        try:
+            return self._read({}, "layout", LAYOUT_TIMEOUT_SECONDS)
+        except bridge.NoClrRuntimeError as error:
+            self._raise_if_gone()
+            raise NotDotnetError(f"{error}; --full still dumps any process") from error
+        except bridge.BridgeLoadError as error:
+            raise RuntimeBridgeError(f"cannot start the CLR bridge: {error}") from error
+        except bridge.BridgeCrashedError as error:
+            self._raise_if_gone()
+            log.debug("no estimate of the CLR's heaps (%s); starting the bridge again", error)
+            self._process.close()
+            self._process = bridge.ClrWalkerProcess()
+            try:   # .NET loads now, not in the pause
+                self._process.wait_ready()
+            except bridge.BridgeLoadError as load_error:
+                raise RuntimeBridgeError(f"cannot start the CLR bridge: {load_error}") from error
+        except bridge.ClrBridgeError as error:
+            self._raise_if_gone()
+            log.debug("no estimate of the CLR's heaps: %s", error)
+        return []
+
+    def walk(self, thread_registers: dict[int, bytes], depth: str) -> list[CLR_RANGE]:
+        """The CLR's ranges for a mode's depth, read while the target is held."""
+        bridge = self._bridge
+        try:
+            return self._read(thread_registers, depth, WALK_TIMEOUT_SECONDS)
+        except bridge.NoClrRuntimeError as error:
+            self._raise_if_gone()
+            raise NotDotnetError(f"{error}; --full still dumps any process") from error
+        except bridge.BridgeLoadError as error:
+            raise RuntimeBridgeError(f"cannot start the CLR bridge: {error}") from error
+        except bridge.ClrBridgeError as error:
+            self._raise_if_gone()
+            raise ClrReadFailedError(
+                f"reading the target's CLR with the runtime's DAC failed: {error}. The target "
+                "was resumed; --full does not need the DAC") from error
+
+    def _read(self, thread_registers: dict[int, bytes], depth: str,
+              timeout: float) -> list[CLR_RANGE]:
+        readout = self._process.read_clr(self.pid, thread_registers, depth,
+                                         dac_path=self.dac_path, timeout=timeout)
+        self.runtime_version = readout.runtime_version or self.runtime_version
+        if depth != "layout":
+            self.warnings = list(readout.warnings)
+        return [(m.start, m.end, m.kind) for m in readout.memory]
+
+    def _raise_if_gone(self) -> None:
+        """A walk fails when its target dies under it: that is the target's exit, not ours."""
+        if not _alive(self.pid):
+            raise TargetExitedError(f"process {self.pid} exited mid-dump")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            text = stat.read()
+    except FileNotFoundError:
+        return False
+    return text[text.rindex(")") + 2] not in "ZX"
