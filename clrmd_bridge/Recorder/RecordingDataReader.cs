@@ -37,7 +37,8 @@ namespace ClrmdBridge
         public int ProcessId => _inner.ProcessId;
         public int PointerSize => _inner.PointerSize;
 
-        public IEnumerable<ModuleInfo> EnumerateModules() => _inner.EnumerateModules();
+        // A single-file app's executable gets its true base, so ClrMD finds the runtime inside it.
+        public IEnumerable<ModuleInfo> EnumerateModules() => SingleFileModules.Correct(this, _inner.EnumerateModules());
 
         public bool GetThreadContext(uint threadID, uint contextFlags, Span<byte> context)
         {
