@@ -32,7 +32,8 @@ for project in fixtures/*/*.csproj; do
   build "$project" ".build/fixtures/$name"
 done
 # Published variants of the heap fixture: single-file apps (.NET 8 self-contained, and
-# framework-dependent). Their runtime packs come from NuGet and stay in its cache.
+# framework-dependent), a .NET 9 self-contained app. Their runtime packs come from NuGet and
+# stay in its cache.
 for project in fixtures/published/*/*.csproj; do
   name=$(basename "$project" .csproj)
   echo "setup: publishing $project" >&2

@@ -208,3 +208,24 @@ def test_no_network_and_no_dac_fails_clearly(single_file_app, tmp_path):
                             env={**os.environ, "HOME": str(tmp_path), "NUGET_PACKAGES": str(tmp_path)})
     assert result.returncode == 5 and json.loads(result.stdout)["exit_code"] == 5
     assert "no DAC" in result.stderr
+
+
+def test_self_contained_net9_app_in_all_modes(tmp_path):
+    """.NET 9, not installed here: its runtime and DAC ship beside the app."""
+    executable = BUILD / "fixtures" / "SelfContainedNet9" / "SelfContainedNet9"
+    app = start([str(executable), "--native-mb", "16"])
+    try:
+        reports = {mode: dump_app(app, tmp_path / f"{mode}.core", mode) for mode in ("full", "heap", "mini")}
+        assert reports["heap"]["dac_path"] == str(executable.parent / "libmscordaccore.so")
+        full = clrmd_read("--dump", str(tmp_path / "full.core"))
+        heap = clrmd_read("--dump", str(tmp_path / "heap.core"))
+        mini = clrmd_read("--dump", str(tmp_path / "mini.core"))
+        assert heap["errors"] == [] and heap["object_count"] == full["object_count"] > 10_000
+        assert heap["histogram"] == full["histogram"]
+        assert mini["threads"] == heap["threads"] == full["threads"]
+        assert heap["version_string"].startswith("9.")
+        out = sos(tmp_path / "mini.core", "clrstack -all")
+        assert all(re.search(rf"HeapFixture\.\S*{m}\(", out) for m in PARKED_METHODS), out
+        assert "warning" not in out.lower(), out
+    finally:
+        stop_app(app)
