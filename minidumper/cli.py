@@ -34,9 +34,9 @@ Exit codes:
   130  interrupted (Ctrl-C, SIGTERM, SIGHUP)
 """
 
-HEAP_HELP = ("Mini plus the CLR's managed memory (GC heap, handles, loader and JIT heaps), without "
-             "module code or native heap: a few percent of a full dump. Not dotnet-dump's Heap "
-             "type, which holds nearly everything (that is --full here). The default.")
+HEAP_HELP = ("The default. Mini plus the CLR's managed memory (GC heap, handles, loader and JIT "
+             "heaps), without module code or native heap: a few percent of a full dump. Not "
+             "dotnet-dump's Heap type, which holds nearly everything (that is --full here).")
 
 
 class _ProgressBar:
@@ -140,8 +140,10 @@ def run(args: list[str]) -> int:
     if as_json and not verbose:
         logging.getLogger().setLevel(logging.CRITICAL)
     try:
-        command.main(args=args, prog_name="minidumper", standalone_mode=False, obj=outcome)
-    except click.exceptions.Exit as done:     # --help, --version
+        code = command.main(args=args, prog_name="minidumper", standalone_mode=False, obj=outcome)
+        if outcome.mode is None:               # --help, --version: click has answered
+            return code or 0
+    except click.exceptions.Exit as done:
         return done.exit_code
     except click.ClickException as error:
         block_signals()
