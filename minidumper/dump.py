@@ -105,6 +105,9 @@ def _write_linux_core(pid: int, path: object, mode: DumpMode,
     started = time.monotonic()
     info = targets.describe(pid)
     output = open_output(path, pid, app_name(info.name, info.cmdline))   # its checks come before .NET's start
+    if modes.clr_depth(mode):
+        from minidumper.process_limits import ensure_descriptors_for_bridge
+        ensure_descriptors_for_bridge()
     # The bridge's process loads .NET while this one reads /proc.
     with ClrWalk(pid) if modes.clr_depth(mode) else contextlib.nullcontext() as clr:
         return _dump_linux(pid, output, mode, progress, clr, started, dac_path)
