@@ -117,8 +117,8 @@ def command(outcome: report.Outcome, pid: int | None, process_name: str | None,
     outcome.host_pid = outcome.pid = pid
     target = targets.describe(pid)
     if not streaming:
-        output = os.path.abspath(output_path(output, pid, app_name(target.name, target.cmdline)))
-        outcome.path = output
+        output = output_path(output, pid, app_name(target.name, target.cmdline))
+        outcome.path = os.path.abspath(output)
     options = {"pause_timeout": pause_timeout} if pause_timeout is not None else {}
     progress = _ProgressBar() if sys.stderr.isatty() and not verbose and not as_json else None
     try:
