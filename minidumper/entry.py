@@ -19,21 +19,26 @@ class Interrupted(BaseException):
 
 
 _caught: list[int] = []
+_armed = False      # until main() runs, a signal is only noted: it is raised there, inside its try
 
 
 def _on_signal(signum: int, frame: object) -> None:
     # Only the first signal unwinds the dump; a second must not break the unwinding
     # (the target's resume, the removal of the output) halfway.
     _caught.append(signum)
-    if len(_caught) > 1:
-        return
+    if _armed and len(_caught) == 1:
+        _raise_for(signum)
+
+
+def _raise_for(signum: int) -> None:
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise Interrupted(signal.Signals(signum).name)
 
 
 for _signum in TERMINATING_SIGNALS:
-    signal.signal(_signum, _on_signal)
+    if signal.getsignal(_signum) != signal.SIG_IGN:   # ignored on purpose (nohup): left so
+        signal.signal(_signum, _on_signal)
 
 
 def _reopen_closed_standard_streams() -> frozenset[int]:
@@ -64,8 +69,14 @@ def block_signals() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    global _armed
     args = list(sys.argv[1:] if argv is None else argv)
     try:
+        _armed = True
+        if _caught:
+            _raise_for(_caught[0])
+        # A parent that blocked these signals around our start gets them handled from here.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, TERMINATING_SIGNALS)
         from minidumper.cli import run   # click, and everything else, loads here
 
         code = run(args)
