@@ -87,3 +87,42 @@ def test_the_installed_tool_dumps_in_every_mode_from_anywhere(installed, heap_ap
     assert readings["heap"]["histogram"] == readings["full"]["histogram"]
     assert readings["mini"]["threads"] == readings["full"]["threads"]
     heap_app.assert_running()
+
+
+def dotnet_8_root(directory: Path) -> Path | None:
+    """A .NET root that holds only the .NET 8 runtime (no SDK, no .NET 10), made of links into
+    NuGet's runtime pack of .NET 8, where the NuGet cache has one."""
+    packs = sorted((Path.home() / ".nuget" / "packages" / "microsoft.netcore.app.runtime.linux-x64")
+                   .glob("8.0.*/runtimes/linux-x64"))
+    if not packs:
+        return None
+    pack, version = packs[-1], packs[-1].parent.parent.name
+    fxr = directory / "host" / "fxr" / version
+    framework = directory / "shared" / "Microsoft.NETCore.App" / version
+    fxr.mkdir(parents=True)
+    framework.mkdir(parents=True)
+    (fxr / "libhostfxr.so").symlink_to(pack / "native" / "libhostfxr.so")
+    for file in [*(pack / "lib" / "net8.0").iterdir(), *(pack / "native").iterdir()]:
+        (framework / file.name).symlink_to(file)
+    return directory
+
+
+def test_the_installed_bridge_runs_where_only_dotnet_8_is(installed, heap_app, tmp_path):
+    venv, _, _ = installed
+    root = dotnet_8_root(tmp_path / "dotnet8")
+    if root is None:
+        pytest.skip("no .NET 8 runtime pack in the NuGet cache")
+    env = {**os.environ, "DOTNET_ROOT": str(root)}
+    env.pop("PYTHONPATH", None)
+    version = subprocess.run([str(venv / "bin" / "python"), "-c",
+                              "from clrmd_bridge import host; host.load(); import System; "
+                              "print(System.Environment.Version)"],
+                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert version.stdout.startswith("8.0."), version.stdout + version.stderr
+    result = subprocess.run([str(venv / "bin" / "minidumper"), "-p", str(heap_app.pid), "-o",
+                             str(tmp_path / "heap.core"), "--heap", "--json"],
+                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout
+    reading = clrmd_read("--dump", str(tmp_path / "heap.core"))
+    assert reading["errors"] == [] and reading["object_count"] > 10_000
+    heap_app.assert_running()
