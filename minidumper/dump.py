@@ -121,7 +121,7 @@ def _dump_linux(pid: int, output: OutputFile, mode: DumpMode, progress: DumpProg
 
     mappings = targets.mappings(pid)
     clr_layout: list[tuple[int, int, str]] = []
-    runtime = _target_runtime(pid, mappings)
+    runtime = _target_runtime(pid, mappings) if clr else _runtime_if_any(pid, mappings)
     if clr:
         clr.dac_path = _find_dac(pid, runtime, dac_path)
         # Also for mini: a target with no CLR fails before its pause, and ClrMD and the DAC are
@@ -208,6 +208,17 @@ def _target_runtime(pid: int, mappings: list):
     finally:
         memory.close()
     return runtime
+
+
+def _runtime_if_any(pid: int, mappings: list):
+    """For --full, which needs no runtime: its version for the report, where one is found."""
+    try:
+        return _target_runtime(pid, mappings)
+    except TargetExitedError:
+        raise
+    except Exception as error:   # an odd process is still dumped in full
+        log.debug("no runtime version: %s", error)
+        return None
 
 
 def _find_dac(pid: int, runtime, dac_path: str | None) -> str:
