@@ -38,7 +38,10 @@ def _raise_for(signum: int) -> None:
 
 for _signum in TERMINATING_SIGNALS:
     if signal.getsignal(_signum) != signal.SIG_IGN:   # ignored on purpose (nohup): left so
-        signal.signal(_signum, _on_signal)
+        try:
+            signal.signal(_signum, _on_signal)
+        except ValueError:   # imported outside the main thread: not the command line's start
+            break
 
 
 def _reopen_closed_standard_streams() -> frozenset[int]:
