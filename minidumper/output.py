@@ -322,6 +322,7 @@ class StreamedOutput(OutputFile):
                 raise OutputError("the dump stream was closed by its reader") from error
             raise OutputError(f"writing the dump stream failed: {describe_os_error(error)}") from error
         self._committed = True
+        self._remove_hidden()     # where O_TMPFILE was missing: the stream has it all now
 
     def _send(self, size: int) -> None:
         offset = 0
