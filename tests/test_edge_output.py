@@ -48,14 +48,16 @@ def no_o_tmpfile(monkeypatch):
     from minidumper import output
 
     names: list[list[str]] = []
-    commit = output.OutputFile.commit
 
-    def noting_commit(self, size):
-        names.append(sorted(os.listdir(self.directory)))
-        commit(self, size)
+    def noting(commit):
+        def noting_commit(self, size):
+            names.append(sorted(os.listdir(self.directory)))
+            commit(self, size)
+        return noting_commit
 
     monkeypatch.setattr(output, "O_TMPFILE", os.O_DIRECTORY)
-    monkeypatch.setattr(output.OutputFile, "commit", noting_commit)
+    for kind in (output.OutputFile, output.StreamedOutput):
+        monkeypatch.setattr(kind, "commit", noting(kind.commit))
     return names
 
 
@@ -72,6 +74,21 @@ def test_without_o_tmpfile_the_partial_name_is_random_short_and_removed(heap_app
     assert all(HIDDEN_NAME.match(n) for n in hidden), hidden
     assert sorted(os.listdir(tmp_path)) == sorted(["one.core", "two.core", long_name])
     assert threads_in(tmp_path / long_name) == heap_app.thread_count()
+
+
+def test_a_stream_without_o_tmpfile_leaves_nothing(heap_app, tmp_path, no_o_tmpfile, monkeypatch):
+    import tempfile
+
+    from minidumper import write_dump
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    stream = io.BytesIO()
+    result = write_dump(heap_app.pid, stream, "mini")
+    [[hidden]] = no_o_tmpfile
+    assert HIDDEN_NAME.match(hidden)
+    assert os.listdir(tmp_path) == []
+    stream.seek(0)
+    assert threads_in(stream) == result.threads
 
 
 def test_a_250_character_name_works(heap_app, tmp_path):
