@@ -138,7 +138,10 @@ def run(args: list[str]) -> int:
                         format="minidumper: %(asctime)s %(name)s: %(message)s" if verbose else
                         "minidumper: %(message)s")
     if as_json and not verbose:
-        logging.getLogger().setLevel(logging.CRITICAL)
+        for handler in logging.getLogger().handlers:
+            handler.setLevel(logging.CRITICAL)
+    collector = _WarningCollector()
+    logging.getLogger().addHandler(collector)
     try:
         code = command.main(args=args, prog_name="minidumper", standalone_mode=False, obj=outcome)
         if outcome.mode is None:               # --help, --version: click has answered
@@ -150,7 +153,7 @@ def run(args: list[str]) -> int:
         if verbose or not as_json:
             error.show()
         outcome.failed(ExitCode.USAGE, error.format_message())
-        return _report(outcome, args, shown=True)
+        return _report(outcome, args, collector.messages, shown=True)
     except (KeyboardInterrupt, click.exceptions.Abort, Interrupted):
         block_signals()
         outcome.failed(ExitCode.INTERRUPTED, "interrupted; the target was resumed and no dump was written")
@@ -166,23 +169,39 @@ def run(args: list[str]) -> int:
                                           "(run with -v for details)")
     else:
         block_signals()
-    return _report(outcome, args)
+    finally:
+        logging.getLogger().removeHandler(collector)
+    return _report(outcome, args, collector.messages)
 
 
-def _report(outcome: report.Outcome, args: list[str], shown: bool = False) -> int:
+class _WarningCollector(logging.Handler):
+    """minidumper's logged warnings (a thread id given as --pid, ...), for the JSON's list."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _report(outcome: report.Outcome, args: list[str], logged: list[str],
+            shown: bool = False) -> int:
     """The JSON object or the text line: on stdout, or on stderr where stdout carries the dump.
-    A failure's message goes to stderr, unless --json is given without -v."""
+    A failure's message goes to stderr, unless --json is given without -v. Logged warnings were
+    printed already (unless --json); they join the JSON's warnings."""
     as_json, verbose = "--json" in args, "-v" in args
     results_fd = 2 if _streaming(args) else 1
     if outcome.error is None:
         for warning in outcome.warnings:
-            if verbose or not as_json:
+            if (verbose or not as_json) and warning not in logged:
                 report.emit(f"minidumper: warning: {warning}", 2)
         if not as_json:
             report.emit(outcome.text_line(), results_fd)
     elif not shown and (verbose or not as_json):
         report.emit(f"minidumper: {'' if outcome.error.startswith('internal') else 'error: '}"
                     f"{outcome.error}", 2)
+    outcome.warnings = list(dict.fromkeys([*outcome.warnings, *logged]))
     if as_json:
         report.emit(outcome.to_json(), results_fd)
     return outcome.exit_code
