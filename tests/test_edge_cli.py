@@ -8,7 +8,9 @@ import json
 import os
 import pty
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -230,3 +232,28 @@ def test_too_few_open_files_is_a_clear_error(heap_app, tmp_path):
     assert full.returncode == 0, full.stdout
     assert threads_in_core(tmp_path / "x") == heap_app.thread_count()
     assert heap_app.state() not in "Tt"
+
+
+def test_permission_and_clr_failures_speak_the_schema_too(heap_app, tmp_path):
+    """Exit 4 (another user's process) and 9 (the CLR walk failed in the pause, made to fail
+    here by the bridge's test-only fault switch)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the dumper as another user")
+    shared = Path(tempfile.mkdtemp(prefix="minidumper-nobody-"))   # reachable by nobody
+    shared.chmod(0o777)
+    try:
+        denied = subprocess.run([*MINIDUMPER, "-p", str(heap_app.pid), "-o", str(shared / "x"),
+                                 "--full", "--json"], capture_output=True, text=True, cwd=REPO,
+                                user=65534, group=65534, timeout=120)
+        answer = assert_schema(json.loads(denied.stdout))
+        assert denied.returncode == answer["exit_code"] == 4 and denied.stderr == ""
+        assert os.listdir(shared) == []
+    finally:
+        shutil.rmtree(shared)
+    walk_failed = run_minidumper("-p", str(heap_app.pid), "-o", str(tmp_path / "x"), "--mini",
+                                 "--json", env={**os.environ, "MINIDUMPER_TEST_BRIDGE_FAULT": "mini:exit"})
+    answer = assert_schema(json.loads(walk_failed.stdout))
+    assert walk_failed.returncode == answer["exit_code"] == 9
+    assert answer["pid"] == heap_app.pid and answer["path"] == str(tmp_path / "x")
+    assert list(tmp_path.iterdir()) == []
+    heap_app.assert_running()
