@@ -45,7 +45,7 @@ def test_the_output_has_no_name_until_it_is_complete(fresh_app, tmp_path):
 def no_o_tmpfile(monkeypatch):
     """The file system answers O_TMPFILE as kernels and file systems without it do (EISDIR),
     and every hidden name the dumper makes is noted as the output is committed."""
-    from minidumper import output
+    from minidumper import output, output_stream
 
     names: list[list[str]] = []
 
@@ -56,7 +56,7 @@ def no_o_tmpfile(monkeypatch):
         return noting_commit
 
     monkeypatch.setattr(output, "O_TMPFILE", os.O_DIRECTORY)
-    for kind in (output.OutputFile, output.StreamedOutput):
+    for kind in (output.OutputFile, output_stream.StreamedOutput):
         monkeypatch.setattr(kind, "commit", noting(kind.commit))
     return names
 
