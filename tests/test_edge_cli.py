@@ -104,6 +104,17 @@ def test_streaming_to_a_pipe_gives_the_core_that_readers_read(heap_app, tmp_path
     heap_app.assert_running()
 
 
+def test_a_reader_that_goes_away_mid_stream_is_an_output_error(heap_app):
+    with subprocess.Popen([*MINIDUMPER, "-p", str(heap_app.pid), "-o", "-", "--full", "--json"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO) as dumper:
+        assert dumper.stdout.read(4096)[:4] == b"\x7fELF"
+        dumper.stdout.close()
+        answer = assert_schema(json.loads(dumper.stderr.read()))
+    assert dumper.returncode == answer["exit_code"] == 6
+    assert "closed by its reader" in answer["error"]
+    heap_app.assert_running()
+
+
 def test_streaming_to_a_terminal_is_refused_before_anything_starts(heap_app):
     controller, terminal = pty.openpty()
     try:
