@@ -268,3 +268,15 @@ def test_permission_and_clr_failures_speak_the_schema_too(heap_app, tmp_path):
     assert answer["pid"] == heap_app.pid and answer["path"] == str(tmp_path / "x")
     assert list(tmp_path.iterdir()) == []
     heap_app.assert_running()
+
+
+def test_every_key_of_a_dump_result_is_in_the_one_schema():
+    """A key added to DumpResult.as_dict() must be added to report.SCHEMA (and report.Outcome,
+    null on failure), or the JSON would silently leave it out."""
+    from minidumper.dump import DumpResult
+    from minidumper.model import DumpMode
+    from minidumper.report import Outcome
+
+    result = DumpResult(path="/x", pid=1, mode=DumpMode.FULL, bytes_written=1, threads=1)
+    assert set(result.as_dict()) <= set(SCHEMA), set(result.as_dict()) - set(SCHEMA)
+    assert set(Outcome().as_dict()) == set(SCHEMA)
