@@ -87,6 +87,14 @@ class Outcome:
     def report(self) -> dict:
         return json.loads(self.stdout)
 
+    @property
+    def message(self) -> str:
+        """What the dumper said: the JSON object's error, else stderr."""
+        try:
+            return str(self.report.get("error") or "") + self.stderr
+        except ValueError:
+            return self.stderr
+
 
 def finish(dumper: subprocess.Popen, timeout: float = 120) -> Outcome:
     try:
