@@ -37,9 +37,9 @@ class PausedProcess:
         self.paused_seconds = 0.0
 
     def __enter__(self) -> PausedProcess:
-        self._signal_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        self._paused_at = time.monotonic()
         try:
+            self._paused_at = time.monotonic()
+            self._signal_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
             self._tracer.pause()
         except BaseException:
             self._release()
