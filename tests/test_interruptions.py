@@ -40,9 +40,11 @@ def test_busy_target_right_after_it_starts(tmp_path):
                 out = tmp_path / f"{mode}-{round_number}.core"
                 outcome = finish(start_dumper(app.pid, out, mode))
                 if outcome.code == 0 and mode == "heap" and round_number == 2:
-                    histogram = clrmd_read("--dump", str(out))["histogram"]
-                    assert any(name.endswith("Busy") or name == "System.Byte[]"
-                               for name in histogram), list(histogram)[:20]
+                    # Taken mid-churn, the heap dump still reads whole: every object valid and
+                    # the fixture's graph complete (built before READY, seconds ago).
+                    seen = clrmd_read("--dump", str(out))
+                    assert seen["invalid_object_count"] == 0
+                    assert seen["histogram"]["HeapFixture.Customer"]["count"] >= 2000
                 outcomes.append((mode, outcome.code))
                 check_outcome(outcome, out, {0} if mode == "full" else {0, 5}, target=app)
         assert app.process.poll() is None
