@@ -8,6 +8,7 @@ CI runs a seeded sample of each sweep (a few minutes on 2 cores); MINIDUMPER_SWE
 
 from __future__ import annotations
 
+import importlib.util
 import signal
 import time
 
@@ -52,6 +53,22 @@ def test_busy_target_right_after_it_starts(tmp_path):
         end_fixture(app)
     # The runtime is up within a second: the later rounds must all have succeeded.
     assert all(code == 0 for _, code in outcomes[3:]), outcomes
+
+
+STARTUP_DELAYS = [0.0, 0.02, 0.05, 0.08, 0.12, 0.16, 0.2, 0.25]
+STARTUP_POINTS = [(s, d) for d in STARTUP_DELAYS for s in SIGNALS]
+
+
+@pytest.mark.parametrize("signal_number,delay", sample(STARTUP_POINTS, 5, "startup-signals"),
+                         ids=lambda v: getattr(v, "name", f"{v}s"))
+def test_signal_while_the_dumper_starts(steady_app, tmp_path, signal_number, delay):
+    """Before the first import is done: still 130 and the JSON object, not a traceback."""
+    if importlib.util.find_spec("minidumper.entry") is None:
+        pytest.skip("signals before the CLI loads are the entry module's (minidumper.entry)")
+    out = tmp_path / "x.core"
+    dumper = start_dumper(steady_app.pid, out, "heap")
+    signal_at(dumper, delay, signal_number)
+    check_outcome(finish(dumper), out, {130}, target=steady_app)
 
 
 # A dump of the steady fixture takes about a second in heap mode: these delays cover the
