@@ -158,9 +158,29 @@ def check_outcome(outcome: Outcome, out: Path, allowed: set[int], *,
 
 
 def signal_at(dumper: subprocess.Popen, delay: float, signal_number: int) -> None:
+    """The signal, delay seconds after the dumper's first lines took SIGHUP. Before that moment
+    the interpreter itself is starting, where no Python code can answer a signal."""
+    assert wait_for_handler(dumper.pid, signal.SIGHUP) or dumper.poll() is not None, \
+        "the dumper never took SIGHUP"
     time.sleep(delay)
     if dumper.poll() is None:
         dumper.send_signal(signal_number)
+
+
+def wait_for_handler(pid: int, signal_number: int, seconds: float = 30) -> bool:
+    """Waits until the process catches the signal (SigCgt of /proc/PID/status)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/status") as status:
+                caught = next(int(line.split()[1], 16) for line in status
+                              if line.startswith("SigCgt:"))
+        except (OSError, StopIteration):
+            return False
+        if caught >> (signal_number - 1) & 1:
+            return True
+        time.sleep(0.001)
+    return False
 
 
 class FrozenThread:

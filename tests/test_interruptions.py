@@ -16,7 +16,7 @@ import pytest
 from conftest import clrmd_read, stop_app
 from interruptions import (
     FULL_SWEEP, check_outcome, end_fixture, finish, sample, signal_at, start_dumper, start_fixture,
-    wait_not_stopped)
+    wait_for_handler, wait_not_stopped)
 
 SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
 
@@ -72,35 +72,18 @@ def test_signal_while_the_dumper_starts(steady_app, tmp_path, signal_number, del
     """Right after the dumper's first lines: 130 and the JSON object, not a traceback."""
     out = tmp_path / "x.core"
     dumper = start_dumper(steady_app.pid, out, "heap")
-    assert wait_for_handler(dumper.pid, signal.SIGHUP), "the dumper never took SIGHUP"
     signal_at(dumper, delay, signal_number)
     check_outcome(finish(dumper), out, {0, 130}, target=steady_app)
 
 
-def wait_for_handler(pid: int, signal_number: int, seconds: float = 30) -> bool:
-    """Waits until the process catches the signal (SigCgt of /proc/PID/status)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/status") as status:
-                caught = next(int(line.split()[1], 16) for line in status
-                              if line.startswith("SigCgt:"))
-        except (OSError, StopIteration):
-            return False
-        if caught >> (signal_number - 1) & 1:
-            return True
-        time.sleep(0.001)
-    return False
-
-
-# A dump of the steady fixture takes about a second in heap mode: these delays cover the
-# dumper's start-up, .NET's start in the bridge, the layout read, the pause with the CLR walk,
-# and the write.
-HEAP_DELAYS = [0.3, 0.45, 0.6, 0.75, 0.9, 1.05, 1.2, 1.4, 1.7, 2.0]
+# Counted from the dumper's first lines, a heap dump of the steady fixture pauses at about 1.5 s
+# and ends by about 2 s on 2 cores: these delays cover .NET's start in the bridge, the layout
+# read, the pause with the CLR walk, and the write.
+HEAP_DELAYS = [0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.35, 1.5, 1.65, 1.8, 2.0, 2.3]
 HEAP_POINTS = [(s, d) for d in HEAP_DELAYS for s in SIGNALS]
 
 
-@pytest.mark.parametrize("signal_number,delay", sample(HEAP_POINTS, 7, "heap-signals"),
+@pytest.mark.parametrize("signal_number,delay", sample(HEAP_POINTS, 8, "heap-signals"),
                          ids=lambda v: getattr(v, "name", f"{v}s"))
 def test_signal_during_a_heap_dump(steady_app, tmp_path, signal_number, delay):
     out = tmp_path / "x.core"
@@ -112,11 +95,12 @@ def test_signal_during_a_heap_dump(steady_app, tmp_path, signal_number, delay):
         assert "interrupted" in outcome.message
 
 
-FULL_DELAYS = [0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 1.0]
+# A full dump reserves its output first, pauses at about 0.6 s and ends by about 0.9 s.
+FULL_DELAYS = [0.3, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 1.0]
 FULL_POINTS = [(s, d) for d in FULL_DELAYS for s in SIGNALS]
 
 
-@pytest.mark.parametrize("signal_number,delay", sample(FULL_POINTS, 5, "full-signals"),
+@pytest.mark.parametrize("signal_number,delay", sample(FULL_POINTS, 6, "full-signals"),
                          ids=lambda v: getattr(v, "name", f"{v}s"))
 def test_signal_during_the_copy_of_a_full_dump(steady_app, tmp_path, signal_number, delay):
     """The copy into the mapped output: never a BufferError, never a partial left behind."""
@@ -148,11 +132,12 @@ def test_dumper_killed_at_many_points(steady_app, tmp_path, mode, delay):
         partial.unlink()
 
 
+# Counted from the dumper's first lines, as above.
 TARGET_KILL_POINTS = [(m, d) for m in ("heap", "mini", "full")
-                      for d in (0.05, 0.3, 0.5, 0.7, 0.9, 1.1, 1.4)]
+                      for d in (0.0, 0.2, 0.5, 0.7, 0.8, 0.9, 1.2, 1.5, 1.8)]
 
 
-@pytest.mark.parametrize("mode,delay", sample(TARGET_KILL_POINTS, 6, "target-killed"), ids=str)
+@pytest.mark.parametrize("mode,delay", sample(TARGET_KILL_POINTS, 7, "target-killed"), ids=str)
 def test_target_killed_at_many_points(tmp_path, mode, delay):
     """Killed before, during or after the pause, the target's death is exit 7 (or the dump was
     complete first): never "access denied", "not .NET", a crash or an internal error."""
@@ -160,6 +145,7 @@ def test_target_killed_at_many_points(tmp_path, mode, delay):
     try:
         out = tmp_path / "x.core"
         dumper = start_dumper(app.pid, out, mode)
+        wait_for_handler(dumper.pid, signal.SIGHUP)
         time.sleep(delay)
         app.process.kill()
         # Not collected yet: the dumper sees a zombie, or a dead tracee it must collect first.
