@@ -115,6 +115,7 @@ def command(outcome: report.Outcome, pid: int | None, process_name: str | None,
     if pid is None:
         pid = targets.find_by_name(process_name).pid
     outcome.host_pid = outcome.pid = pid
+    pid = outcome.host_pid = outcome.pid = targets.process_of(pid)   # a thread's process
     target = targets.describe(pid)
     if not streaming:
         output = output_path(output, pid, app_name(target.name, target.cmdline))

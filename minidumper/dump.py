@@ -23,6 +23,7 @@ from minidumper.plan import modes, select
 log = logging.getLogger(__name__)
 
 OUTPUT_HEADER_ALLOWANCE = 16 << 20   # notes and program headers of a large process fit in this
+DEFAULT_PAUSE_TIMEOUT = 1.0          # as engines.linux.ptrace's, without importing it on Windows
 
 
 class DumpProgress(Protocol):
@@ -62,7 +63,8 @@ class DumpResult:
 
 
 def write_dump(pid: int, path: object = None, mode: DumpMode | str = DumpMode.HEAP, *,
-               progress: DumpProgress | None = None, dac_path: str | None = None) -> DumpResult:
+               progress: DumpProgress | None = None, dac_path: str | None = None,
+               pause_timeout: float = DEFAULT_PAUSE_TIMEOUT) -> DumpResult:
     """Writes a dump of process `pid`. Returns what was written.
 
     path: a file that must not exist; a directory, where the file is named
@@ -71,6 +73,8 @@ def write_dump(pid: int, path: object = None, mode: DumpMode | str = DumpMode.HE
     mode: a DumpMode or its value ("mini", "heap", "full").
     dac_path: the runtime's DAC (libmscordaccore.so, or its directory) for heap and mini dumps,
     where the search of minidumper.dac would not find it.
+    pause_timeout: seconds to wait for every thread to stop (Linux); a thread that will not (D
+    state, a frozen cgroup) makes the dump fail with PauseFailedError, the target resumed.
 
     Safe to call from any thread, and many times in one process: the CLR is read in a process
     of its own, ptrace stays on the calling thread, and no signal handler is installed.
@@ -81,7 +85,7 @@ def write_dump(pid: int, path: object = None, mode: DumpMode | str = DumpMode.HE
         raise TypeError(f"pid must be an int, not {type(pid).__name__}")
     if sys.platform == "win32":
         return _write_windows_minidump(pid, path, mode)
-    return _write_linux_core(pid, path, mode, progress, dac_path)
+    return _write_linux_core(pid, path, mode, progress, dac_path, pause_timeout)
 
 
 def _dump_mode(mode: object) -> DumpMode:
@@ -96,13 +100,14 @@ def _dump_mode(mode: object) -> DumpMode:
         raise UsageError(f"unknown dump mode {mode!r}: mini, heap or full") from None
 
 
-def _write_linux_core(pid: int, path: object, mode: DumpMode,
-                      progress: DumpProgress | None, dac_path: str | None) -> DumpResult:
+def _write_linux_core(pid: int, path: object, mode: DumpMode, progress: DumpProgress | None,
+                      dac_path: str | None, pause_timeout: float) -> DumpResult:
     from minidumper import targets
 
     if platform.machine() != "x86_64":
         raise MinidumperError(f"the Linux engine writes x86-64 cores; this machine is {platform.machine()}")
     started = time.monotonic()
+    pid = targets.process_of(pid)
     info = targets.describe(pid)
     output = open_output(path, pid, app_name(info.name, info.cmdline))   # its checks come before .NET's start
     if modes.clr_depth(mode):
@@ -110,13 +115,15 @@ def _write_linux_core(pid: int, path: object, mode: DumpMode,
         ensure_descriptors_for_bridge()
     # The bridge's process loads .NET while this one reads /proc.
     with ClrWalk(pid) if modes.clr_depth(mode) else contextlib.nullcontext() as clr:
-        return _dump_linux(pid, output, mode, progress, clr, started, dac_path)
+        return _dump_linux(pid, output, mode, progress, clr, started, dac_path, pause_timeout)
 
 
 def _dump_linux(pid: int, output: OutputFile, mode: DumpMode, progress: DumpProgress | None,
-                clr: ClrWalk | None, started: float, dac_path: str | None) -> DumpResult:
+                clr: ClrWalk | None, started: float, dac_path: str | None,
+                pause_timeout: float) -> DumpResult:
     from minidumper import targets
     from minidumper.engines.linux.core_writer import CoreWriter
+    from minidumper.engines.linux.memory import address_of
     from minidumper.engines.linux.session import PausedProcess
 
     mappings = targets.mappings(pid)
@@ -134,7 +141,7 @@ def _dump_linux(pid: int, output: OutputFile, mode: DumpMode, progress: DumpProg
             # Allocate the file's pages before the pause, so that the pause is only the copy;
             # populated only where they will stay in memory until then (output.reserve).
             output.reserve(expected + expected // 100 + OUTPUT_HEADER_ALLOWANCE)
-        with PausedProcess(pid) as paused:
+        with PausedProcess(pid, pause_timeout) as paused:
             snapshot = paused.snapshot()
             # Keyed by the ids the CLR knows its threads by: those of the target's pid namespace.
             registers = {t.target_tid: t.prstatus_regs for t in snapshot.threads}
@@ -149,7 +156,7 @@ def _dump_linux(pid: int, output: OutputFile, mode: DumpMode, progress: DumpProg
             mapping = output.map(writer.planned_size)
             if mapping is not None:
                 # The target's memory goes straight into the file's pages: one copy, then resume.
-                with memoryview(mapping) as destination:
+                with address_of(mapping) as destination:
                     writer.fill(paused.memory, destination, advance)
                 paused.resume()
                 size = writer.finish()
@@ -202,12 +209,14 @@ def _target_runtime(pid: int, mappings: list):
 
     memory = ProcessMemory(pid)
     try:
-        runtime = runtime_files.find_runtime(pid, mappings, procfs.read_bytes(pid, "auxv"), memory.read)
-    except FileNotFoundError as error:
-        raise TargetExitedError(f"process {pid} exited") from error
+        return runtime_files.find_runtime(pid, mappings, procfs.read_bytes(pid, "auxv"), memory.read)
+    except OSError as error:
+        # Its files and memory vanish with the target: that is its exit, not our failure.
+        if not procfs.alive(pid):
+            raise TargetExitedError(f"process {pid} exited") from error
+        raise
     finally:
         memory.close()
-    return runtime
 
 
 def _runtime_if_any(pid: int, mappings: list):
@@ -224,11 +233,18 @@ def _runtime_if_any(pid: int, mappings: list):
 def _find_dac(pid: int, runtime, dac_path: str | None) -> str:
     """The DAC that matches the target's runtime. No runtime or no DAC: exit 5."""
     from minidumper import dac
+    from minidumper.engines.linux import procfs
 
-    if runtime is None:
-        raise NotDotnetError(f"process {pid} is not a .NET process (no libcoreclr.so is loaded and "
-                             "no single-file runtime found); --full still dumps any process")
-    located = dac.locate(runtime, dac_path)
+    try:
+        if runtime is None:
+            raise NotDotnetError(f"process {pid} is not a .NET process (no libcoreclr.so is loaded "
+                                 "and no single-file runtime found); --full still dumps any process")
+        located = dac.locate(runtime, dac_path)
+    except (OSError, MinidumperError) as error:
+        # Its files and memory vanish with the target: that is its exit, not our failure.
+        if not procfs.alive(pid):
+            raise TargetExitedError(f"process {pid} exited") from error
+        raise
     log.debug("%s; DAC: %s", runtime.describe(), located)
     return located
 
