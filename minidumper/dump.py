@@ -92,9 +92,9 @@ def _dump_linux(pid: int, path: str, mode: DumpMode, progress: DumpProgress | No
     clr_layout: list[tuple[int, int, str]] = []
     if clr:
         clr.dac_path = _find_dac(pid, mappings, dac_path)
-        # Also for mini: a target with no CLR fails before its pause, and ClrMD and the DAC are
-        # loaded and warm, so the walk in the pause is quick.
-        clr_layout = clr.layout()
+        # The pause's walk, once before it: a target with no CLR fails unpaused, the walk in the
+        # pause finds ClrMD and the DAC warm, and the CLR's heaps size the output.
+        clr_layout = clr.warm_up(modes.clr_depth(mode))
 
     expected = select.expected_bytes(mode, mappings, clr_layout)
     with OutputFile(path) as output:
