@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import platform
 import sys
 import time
@@ -22,6 +23,9 @@ from minidumper.plan import modes, select
 log = logging.getLogger(__name__)
 
 OUTPUT_HEADER_ALLOWANCE = 16 << 20   # notes and program headers of a large process fit in this
+# Where the plan has no estimate (mini): about what stacks, module headers and the DAC's reads
+# take. Copying into file pages populated before the pause is 4x faster than into fresh ones.
+SMALL_DUMP_ESTIMATE, SMALL_DUMP_PER_THREAD = 4 << 20, 128 << 10
 
 
 class DumpProgress(Protocol):
@@ -97,6 +101,8 @@ def _dump_linux(pid: int, path: str, mode: DumpMode, progress: DumpProgress | No
         clr_layout = clr.warm_up(modes.clr_depth(mode))
 
     expected = select.expected_bytes(mode, mappings, clr_layout)
+    if expected is None and clr:
+        expected = SMALL_DUMP_ESTIMATE + SMALL_DUMP_PER_THREAD * len(os.listdir(f"/proc/{pid}/task"))
     with OutputFile(path) as output:
         if expected:
             # Allocate the file's pages before the pause, so that the pause is only the copy;
