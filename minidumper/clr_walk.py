@@ -57,6 +57,8 @@ class ClrWalk:
         only the warm-up (a crashed or hung worker is replaced, and loads .NET now, not in the
         pause)."""
         bridge = self._bridge
+        # A measuring knob (bench/): "layout" reads only the CLR's heaps, as before the warm-up.
+        depth = os.environ.get("MINIDUMPER_WARM_UP_DEPTH", depth)
         try:
             return self._read({}, depth, WARM_UP_TIMEOUT_SECONDS)
         except bridge.NoClrRuntimeError as error:
