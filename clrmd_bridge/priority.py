@@ -38,7 +38,7 @@ class Priority:
     """lower() before the pause, normal() when the target is held; cheap and idempotent."""
 
     def __init__(self) -> None:
-        how = os.environ.get(VARIABLE, "batch")
+        how = os.environ.get(VARIABLE, "normal")
         if how == "idle" and not _has_cap_sys_nice():
             how = "batch"   # leaving SCHED_IDLE needs CAP_SYS_NICE: never walk the pause at idle
         self._how = how if how in ("batch", "idle") and hasattr(os, "SCHED_BATCH") else "normal"
