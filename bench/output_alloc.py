@@ -5,6 +5,7 @@ target's memory with process_vm_readv (the fill is what the pause waits for):
 
   fallocate   blocks reserved, the file mapped; pages fault in during the fill (in the pause)
   populate    the same, then MADV_POPULATE_WRITE before the fill (before the pause)
+  zeros+populate  the page cache filled by write() of zeros first, then mapped and populated
   anon-thp    an anonymous buffer with transparent huge pages, populated before the fill;
               written to the file with write() after it (after the pause), as createdump writes
 
@@ -67,7 +68,11 @@ def one(way: str, pid: int, regions: list[tuple[int, int]], size: int, directory
         else:
             os.posix_fallocate(fd, 0, size)
             buffer = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-            if way == "populate":
+            if way == "zeros+populate":   # the page cache filled by write(), then mapped in
+                zeros = bytes(64 << 20)
+                for offset in range(0, size, len(zeros)):
+                    os.pwrite(fd, zeros[:size - offset], offset)
+            if way in ("populate", "zeros+populate"):
                 buffer.madvise(MADV_POPULATE_WRITE)
         times["prepare"] = time.perf_counter() - began
         began = time.perf_counter()
@@ -99,23 +104,23 @@ def main() -> int:
     spec = TargetSpec("alloc", "PauseTarget", ("--threads", "2", "--native-mb", str(arguments.size_mib + 64)),
                       "native memory to copy")
     target = Target(spec)
-    ways = ("fallocate", "populate", "anon-thp")
+    ways = ("fallocate", "populate", "zeros+populate", "anon-thp")
     results: dict[str, list[dict]] = {way: [] for way in ways}
     try:
         pid = target.start()
         regions = _regions(pid, size)
         size = sum(end - start for start, end in regions)
         for round_number in range(arguments.rounds):
-            for way in ways[round_number % 3:] + ways[:round_number % 3]:
+            for way in ways[round_number % len(ways):] + ways[:round_number % len(ways)]:
                 results[way].append(one(way, pid, regions, size, arguments.dir))
                 os.sync()
     finally:
         target.close()
     print(f"{size / MIB:.0f} MiB, medians of {arguments.rounds}: seconds")
-    print(f"{'way':<10} {'prepare':>8} {'fill (pause)':>13} {'after':>8} {'total':>8}")
+    print(f"{'way':<14} {'prepare':>8} {'fill (pause)':>13} {'after':>8} {'total':>8}")
     for way, runs in results.items():
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-        print(f"{way:<10} {med['prepare']:8.3f} {med['fill (pause)']:13.3f} {med['after']:8.3f} "
+        print(f"{way:<14} {med['prepare']:8.3f} {med['fill (pause)']:13.3f} {med['after']:8.3f} "
               f"{med['total']:8.3f}")
     return 0
 
