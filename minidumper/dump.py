@@ -26,6 +26,7 @@ OUTPUT_HEADER_ALLOWANCE = 16 << 20   # notes and program headers of a large proc
 # Where the plan has no estimate (mini): about what stacks, module headers and the DAC's reads
 # take. Copying into file pages populated before the pause is 4x faster than into fresh ones.
 SMALL_DUMP_ESTIMATE, SMALL_DUMP_PER_THREAD = 4 << 20, 128 << 10
+DEFAULT_PAUSE_TIMEOUT = 1.0          # as engines.linux.ptrace's, without importing it on Windows
 
 
 class DumpProgress(Protocol):
@@ -62,34 +63,39 @@ class DumpResult:
 
 
 def write_dump(pid: int, path: str, mode: DumpMode = DumpMode.HEAP, *,
-               progress: DumpProgress | None = None, dac_path: str | None = None) -> DumpResult:
+               progress: DumpProgress | None = None, dac_path: str | None = None,
+               pause_timeout: float = DEFAULT_PAUSE_TIMEOUT) -> DumpResult:
     """Writes a dump of process `pid` to `path` (which must not exist). Returns what was written.
 
     dac_path: the runtime's DAC (libmscordaccore.so, or its directory) for heap and mini dumps,
-    where the search of minidumper.dac would not find it."""
+    where the search of minidumper.dac would not find it.
+    pause_timeout: seconds to wait for every thread to stop (Linux); a thread that will not (D
+    state, a frozen cgroup) makes the dump fail with PauseFailedError, the target resumed."""
     if sys.platform == "win32":
         return _write_windows_minidump(pid, path, mode)
-    return _write_linux_core(pid, path, mode, progress, dac_path)
+    return _write_linux_core(pid, path, mode, progress, dac_path, pause_timeout)
 
 
-def _write_linux_core(pid: int, path: str, mode: DumpMode,
-                      progress: DumpProgress | None, dac_path: str | None) -> DumpResult:
+def _write_linux_core(pid: int, path: str, mode: DumpMode, progress: DumpProgress | None,
+                      dac_path: str | None, pause_timeout: float) -> DumpResult:
     from minidumper import targets
 
     if platform.machine() != "x86_64":
         raise MinidumperError(f"the Linux engine writes x86-64 cores; this machine is {platform.machine()}")
     started = time.monotonic()
-    targets.describe(pid)
+    pid = targets.process_of(pid)
     # The bridge's process loads .NET while this one reads /proc.
     with ClrWalk(pid) if modes.clr_depth(mode) else contextlib.nullcontext() as clr:
-        return _dump_linux(pid, path, mode, progress, clr, started, dac_path)
+        return _dump_linux(pid, path, mode, progress, clr, started, dac_path, pause_timeout)
 
 
 def _dump_linux(pid: int, path: str, mode: DumpMode, progress: DumpProgress | None,
-                clr: ClrWalk | None, started: float, dac_path: str | None) -> DumpResult:
+                clr: ClrWalk | None, started: float, dac_path: str | None,
+                pause_timeout: float) -> DumpResult:
     from minidumper import targets
     from minidumper.engines.linux import procfs
     from minidumper.engines.linux.core_writer import CoreWriter
+    from minidumper.engines.linux.memory import address_of
     from minidumper.engines.linux.session import PausedProcess
 
     mappings = targets.mappings(pid)
@@ -109,7 +115,7 @@ def _dump_linux(pid: int, path: str, mode: DumpMode, progress: DumpProgress | No
             # not where they would not stay in memory until then.
             output.map(expected + expected // 100 + OUTPUT_HEADER_ALLOWANCE,
                        populate=expected <= procfs.memory_available() // 2)
-        with PausedProcess(pid) as paused:
+        with PausedProcess(pid, pause_timeout) as paused:
             snapshot = paused.snapshot()
             # Keyed by the ids the CLR knows its threads by: those of the target's pid namespace.
             registers = {t.target_tid: t.prstatus_regs for t in snapshot.threads}
@@ -124,7 +130,7 @@ def _dump_linux(pid: int, path: str, mode: DumpMode, progress: DumpProgress | No
             mapping = output.map(writer.planned_size)
             if mapping is not None:
                 # The target's memory goes straight into the file's pages: one copy, then resume.
-                with memoryview(mapping) as destination:
+                with address_of(mapping) as destination:
                     writer.fill(paused.memory, destination, advance)
                 paused.resume()
                 size = writer.finish()
@@ -175,14 +181,17 @@ def _find_dac(pid: int, mappings: list, dac_path: str | None) -> str:
     memory = ProcessMemory(pid)
     try:
         runtime = runtime_files.find_runtime(pid, mappings, procfs.read_bytes(pid, "auxv"), memory.read)
-    except FileNotFoundError as error:
-        raise TargetExitedError(f"process {pid} exited") from error
+        if runtime is None:
+            raise NotDotnetError(f"process {pid} is not a .NET process (no libcoreclr.so is loaded "
+                                 "and no single-file runtime found); --full still dumps any process")
+        located = dac.locate(runtime, dac_path)
+    except (OSError, MinidumperError) as error:
+        # Its files and memory vanish with the target: that is its exit, not our failure.
+        if not procfs.alive(pid):
+            raise TargetExitedError(f"process {pid} exited") from error
+        raise
     finally:
         memory.close()
-    if runtime is None:
-        raise NotDotnetError(f"process {pid} is not a .NET process (no libcoreclr.so is loaded and "
-                             "no single-file runtime found); --full still dumps any process")
-    located = dac.locate(runtime, dac_path)
     log.debug("%s; DAC: %s", runtime.describe(), located)
     return located
 
