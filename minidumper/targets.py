@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from minidumper.engines.linux import procfs
 from minidumper.model import Mapping
-from minidumper.errors import AccessDeniedError, TargetExitedError, TargetNotFoundError, UsageError
+from minidumper.errors import (
+    AccessDeniedError, ProcessNameError, TargetExitedError, TargetNotFoundError, UsageError)
 
 log = logging.getLogger(__name__)
 
@@ -120,20 +121,37 @@ def hosted_assembly(arguments: list[str]) -> str:
 def find_by_name(name: str) -> ProcessInfo:
     if sys.platform == "win32":
         raise UsageError("--pn is not supported on Windows yet; give the target with --pid")
-    matches = []
+    matches = [info for info in _processes() if name in names_of(info)]
+    if not matches:
+        # The candidates: the .NET processes that are running.
+        dotnet = [info for info in _processes() if _maps_coreclr(info.pid)]
+        listing = "".join(f"\n  {m.pid}  {m.command}" for m in dotnet)
+        raise ProcessNameError(f"no process named {name!r}"
+                               + (f"; .NET processes:{listing}" if dotnet else ""),
+                               [(m.pid, m.command) for m in dotnet])
+    if len(matches) > 1:
+        listing = "\n".join(f"  {m.pid}  {m.command}" for m in matches)
+        raise ProcessNameError(
+            f"{len(matches)} processes are named {name!r}; pick one with --pid:\n{listing}",
+            [(m.pid, m.command) for m in matches])
+    return matches[0]
+
+
+def _processes() -> list[ProcessInfo]:
+    found = []
     for pid in procfs.all_pids():
         if pid == os.getpid():
             continue
         try:
-            info = describe(pid)
+            found.append(describe(pid))
         except (TargetNotFoundError, AccessDeniedError):
             continue
-        if name in names_of(info):
-            matches.append(info)
-    if not matches:
-        raise TargetNotFoundError(f"no process named {name!r}")
-    if len(matches) > 1:
-        listing = "\n".join(f"  {m.pid}  {m.command}" for m in matches)
-        raise TargetNotFoundError(
-            f"{len(matches)} processes are named {name!r}; pick one with --pid:\n{listing}")
-    return matches[0]
+    return found
+
+
+def _maps_coreclr(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            return any(line.rstrip().endswith("/libcoreclr.so") for line in maps)
+    except OSError:
+        return False
