@@ -35,6 +35,7 @@ class RangeKind(enum.Enum):
     STUB_HEAP = "stub-heap"            # stub and precode heaps
     GC_BOOKKEEPING = "gc-bookkeeping"
     DAC_READ = "dac-read"              # what the runtime's DAC read while ClrMD walked the process
+    DAC_ENUM = "dac-enum"              # what the DAC's EnumMemoryRegions reported or read to find it
     DIAG_INFO = "diag-info"            # the synthetic page that tells readers where the runtime is
 
 

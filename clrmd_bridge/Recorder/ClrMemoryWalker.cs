@@ -37,6 +37,7 @@ namespace ClrmdBridge
     public static class ClrMemoryWalker
     {
         public const string DacRead = "DacRead";
+        public const string DacEnumMemory = "DacEnumMemory";
         public const string JitCodeHeap = "JitCodeHeap";
         public const string ModuleImage = "ModuleImage";
         public const string ModuleMetadata = "ModuleMetadata";
@@ -83,6 +84,8 @@ namespace ClrmdBridge
                 ListClrMemory(runtime, memory, warnings);
             if (walkObjects)
                 TouchTypes(runtime, warnings);
+            if (walkStacks)
+                Step(warnings, "the DAC's memory regions", () => AddDacRegions(runtime, reader, memory, heap: walkObjects));
 
             foreach ((ulong start, ulong end) in reader.Reads.ToMergedList())
                 memory.Add(start, end, DacRead);
@@ -196,6 +199,23 @@ namespace ClrmdBridge
                     foreach (ClrNativeHeapInfo codeHeap in jitManager.EnumerateNativeHeaps())
                         memory.Add(codeHeap.MemoryRange, JitCodeHeap);
             });
+        }
+
+        /// <summary>What the DAC itself says a dump needs (EnumMemoryRegions, as createdump asks it:
+        /// the heap dump's flags for heap, a minidump's for mini): the regions it reports, and the
+        /// pages it reads to find them that nothing before it read.</summary>
+        private static void AddDacRegions(ClrRuntime runtime, RecordingDataReader reader, MemoryList memory, bool heap)
+        {
+            List<(ulong Start, ulong End)> before = reader.Reads.ToMergedList();
+            DacMemoryEnumerator.Report report = heap
+                ? DacMemoryEnumerator.Enumerate(runtime, DacMemoryEnumerator.MiniDumpWithPrivateReadWriteMemory, DacMemoryEnumerator.ClrDataEnumMemHeap2)
+                : DacMemoryEnumerator.Enumerate(runtime, DacMemoryEnumerator.MiniDumpNormal, DacMemoryEnumerator.ClrDataEnumMemMini);
+            foreach ((ulong start, ulong end) in report.Regions)
+                memory.Add(start, end, DacEnumMemory);
+            foreach ((ulong start, ulong end) in PageRanges.Subtract(reader.Reads.ToMergedList(), before))
+                memory.Add(start, end, DacEnumMemory);
+            if (report.HResult < 0)
+                throw new InvalidOperationException($"EnumMemoryRegions failed (HRESULT {report.HResult:x8}); kept {report.Regions.Count} regions it reported");
         }
 
         /// <summary>Reads types once each, so that the pages their names and layouts come from are

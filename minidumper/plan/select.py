@@ -92,12 +92,18 @@ def diag_info_page(runtime_base: int) -> bytes:
     return header + bytes(PAGE_SIZE - len(header))
 
 
+# Reasons that count only where no other reason covers a range, the last one least.
+_SECONDARY_KINDS = (RangeKind.DAC_ENUM, RangeKind.DAC_READ)
+
+
 def merge_by_priority(ranges: Iterable[MemoryRange]) -> list[MemoryRange]:
-    """merge(), but what the DAC read counts as such only where no other reason covers it."""
+    """merge(), but what the DAC reported or read counts as such only where no other reason
+    covers it, so that ranges_by_kind says what each of them adds."""
     ranges = list(ranges)
-    primary = merge(r for r in ranges if r.kind is not RangeKind.DAC_READ)
-    dac_only = subtract(merge(r for r in ranges if r.kind is RangeKind.DAC_READ), primary)
-    return merge(primary + dac_only)
+    kept = merge(r for r in ranges if r.kind not in _SECONDARY_KINDS)
+    for kind in _SECONDARY_KINDS:
+        kept = merge(kept + subtract(merge(r for r in ranges if r.kind is kind), kept))
+    return kept
 
 
 def subtract(ranges: list[MemoryRange], covered: list[MemoryRange]) -> list[MemoryRange]:
