@@ -78,14 +78,18 @@ namespace ClrmdBridge
             List<string> warnings = new();
             string version = RuntimeVersionReader.Read(reader, clr.ModuleInfo.ImageBase)
                 ?? (clr.Version.Major != 0 ? clr.Version.ToString() : "");
-            (int threadsWalked, int managedFrames) = walkStacks ? WalkThreads(runtime, warnings) : (0, 0);
+            MethodToucher? methods = walkStacks ? new MethodToucher(runtime) : null;
+            (int threadsWalked, int managedFrames) = methods is not null ? WalkThreads(runtime, warnings, methods) : (0, 0);
             Step(warnings, "modules", () => ListModules(runtime, memory));
             if (listMemory)
                 ListClrMemory(runtime, memory, warnings);
-            if (walkObjects)
-                TouchTypes(runtime, warnings);
-            if (walkStacks)
+            IReadOnlyCollection<ulong> typesTouched = walkObjects ? TouchTypes(runtime, warnings, methods!) : Array.Empty<ulong>();
+            if (methods is not null)
+            {
+                Step(warnings, "method table slots", () => methods.TouchSlots(typesTouched));
+                methods.Release();
                 Step(warnings, "the DAC's memory regions", () => AddDacRegions(runtime, reader, memory, heap: walkObjects));
+            }
 
             foreach ((ulong start, ulong end) in reader.Reads.ToMergedList())
                 memory.Add(start, end, DacRead);
@@ -131,7 +135,7 @@ namespace ClrmdBridge
             return registers;
         }
 
-        private static (int Threads, int ManagedFrames) WalkThreads(ClrRuntime runtime, List<string> warnings)
+        private static (int Threads, int ManagedFrames) WalkThreads(ClrRuntime runtime, List<string> warnings, MethodToucher methods)
         {
             int walked = 0, managedFrames = 0;
             foreach (ClrThread thread in runtime.Threads)
@@ -152,9 +156,11 @@ namespace ClrmdBridge
                         }
 
                         _ = frame.FrameName;
+                        methods.TouchFrame(frame);
                     }
 
                     _ = thread.CurrentException?.Type?.Name;
+                    methods.TouchException(thread.CurrentException);
                 });
             }
 
@@ -221,7 +227,7 @@ namespace ClrmdBridge
         /// <summary>Reads types once each, so that the pages their names and layouts come from are
         /// recorded: those of handles, roots, the finalizer queue and sync blocks, and every type of a
         /// dynamic module. Other objects' types need no walk: all file metadata is listed.</summary>
-        private static void TouchTypes(ClrRuntime runtime, List<string> warnings)
+        private static IReadOnlyCollection<ulong> TouchTypes(ClrRuntime runtime, List<string> warnings, MethodToucher methods)
         {
             ClrHeap gc = runtime.Heap;
             TypeToucher types = new();
@@ -231,12 +237,16 @@ namespace ClrmdBridge
                 {
                     types.Touch(handle.Object.Type);
                     types.Touch(handle.Dependent.Type);
+                    methods.TouchIfException(handle.Object);
                 }
             });
             Step(warnings, "roots", () =>
             {
                 foreach (ClrRoot root in gc.EnumerateRoots())
+                {
                     types.Touch(root.Object.Type);
+                    methods.TouchIfException(root.Object);
+                }
             });
             // Modules whose metadata is not in a file image (Reflection.Emit): their types are read
             // one by one, so that the in-memory metadata behind their names is recorded.
@@ -258,12 +268,15 @@ namespace ClrmdBridge
                     _ = syncBlock.Object;
             });
             Step(warnings, "thread pool", () => _ = runtime.ThreadPool?.MaxThreads);
+            return types.Seen;
         }
 
         /// <summary>Reads a type's name, fields, base types and element type, once per method table.</summary>
         private sealed class TypeToucher
         {
             private readonly HashSet<ulong> _seen = new();
+
+            public IReadOnlyCollection<ulong> Seen => _seen;
 
             public void Touch(ClrType? type)
             {

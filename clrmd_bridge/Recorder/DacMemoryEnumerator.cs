@@ -54,12 +54,9 @@ namespace ClrmdBridge
             IntPtr process = FindClrDataProcess(runtime)
                 ?? throw new InvalidOperationException("ClrMD's IXCLRDataProcess was not found (ClrMD's internals changed)");
 
-            IntPtr enumerator;
-            Guid iid = IidEnumMemoryRegions;
-            var queryInterface = (delegate* unmanaged<IntPtr, Guid*, IntPtr*, int>)VTableSlot(process, 0);
-            int hr = queryInterface(process, &iid, &enumerator);
-            if (hr != S_OK || enumerator == IntPtr.Zero)
-                throw new InvalidOperationException($"the DAC has no ICLRDataEnumMemoryRegions (HRESULT {hr:x8})");
+            IntPtr enumerator = QueryInterface(process, IidEnumMemoryRegions);
+            if (enumerator == IntPtr.Zero)
+                throw new InvalidOperationException("the DAC has no ICLRDataEnumMemoryRegions");
 
             Report report = new();
             GCHandle handle = GCHandle.Alloc(report);
@@ -73,8 +70,7 @@ namespace ClrmdBridge
             }
             finally
             {
-                var release = (delegate* unmanaged<IntPtr, uint>)VTableSlot(enumerator, 2);
-                release(enumerator);
+                Release(enumerator);
                 NativeMemory.Free(callback);
                 handle.Free();
             }
@@ -82,11 +78,27 @@ namespace ClrmdBridge
             return report;
         }
 
-        private static IntPtr VTableSlot(IntPtr comObject, int slot) => (*(IntPtr**)comObject)[slot];
+        internal static IntPtr VTableSlot(IntPtr comObject, int slot) => (*(IntPtr**)comObject)[slot];
+
+        /// <summary>Another interface of a COM object, or zero where it has none.</summary>
+        internal static IntPtr QueryInterface(IntPtr comObject, Guid iid)
+        {
+            if (comObject == IntPtr.Zero)
+                return IntPtr.Zero;
+            IntPtr result;
+            var queryInterface = (delegate* unmanaged<IntPtr, Guid*, IntPtr*, int>)VTableSlot(comObject, 0);
+            return queryInterface(comObject, &iid, &result) == S_OK ? result : IntPtr.Zero;
+        }
+
+        internal static void Release(IntPtr comObject)
+        {
+            if (comObject != IntPtr.Zero)
+                ((delegate* unmanaged<IntPtr, uint>)VTableSlot(comObject, 2))(comObject);
+        }
 
         /// <summary>ClrMD 4.2 keeps its DAC interfaces internal: take the IXCLRDataProcess pointer
         /// from the runtime's own wrapper (a ClrDataProcess, whose Self is the COM pointer).</summary>
-        private static IntPtr? FindClrDataProcess(ClrRuntime runtime)
+        internal static IntPtr? FindClrDataProcess(ClrRuntime runtime)
         {
             const BindingFlags Fields = BindingFlags.Instance | BindingFlags.Public | BindingFlags.NonPublic;
             Queue<(object Value, int Depth)> pending = new();
@@ -121,16 +133,16 @@ namespace ClrmdBridge
         private static IntPtr MakeCallbackVTable()
         {
             IntPtr* table = (IntPtr*)NativeMemory.Alloc((nuint)(4 * sizeof(IntPtr)));  // lives as long as the process
-            table[0] = (IntPtr)(delegate* unmanaged<IntPtr, Guid*, IntPtr*, int>)&QueryInterface;
-            table[1] = (IntPtr)(delegate* unmanaged<IntPtr, uint>)&AddRef;
-            table[2] = (IntPtr)(delegate* unmanaged<IntPtr, uint>)&Release;
-            table[3] = (IntPtr)(delegate* unmanaged<IntPtr, ulong, uint, int>)&EnumMemoryRegion;
+            table[0] = (IntPtr)(delegate* unmanaged<IntPtr, Guid*, IntPtr*, int>)&CallbackQueryInterface;
+            table[1] = (IntPtr)(delegate* unmanaged<IntPtr, uint>)&CallbackAddRef;
+            table[2] = (IntPtr)(delegate* unmanaged<IntPtr, uint>)&CallbackRelease;
+            table[3] = (IntPtr)(delegate* unmanaged<IntPtr, ulong, uint, int>)&CallbackEnumMemoryRegion;
             return (IntPtr)table;
         }
 
         // The callback's lifetime is Enumerate's: reference counts are not needed.
         [UnmanagedCallersOnly]
-        private static int QueryInterface(IntPtr self, Guid* iid, IntPtr* result)
+        private static int CallbackQueryInterface(IntPtr self, Guid* iid, IntPtr* result)
         {
             // ICLRDataEnumMemoryRegionsCallback2 (rewriting memory in the dump) is refused, as a
             // dumper that writes the target's bytes unchanged must.
@@ -145,13 +157,13 @@ namespace ClrmdBridge
         }
 
         [UnmanagedCallersOnly]
-        private static uint AddRef(IntPtr self) => 1;
+        private static uint CallbackAddRef(IntPtr self) => 1;
 
         [UnmanagedCallersOnly]
-        private static uint Release(IntPtr self) => 1;
+        private static uint CallbackRelease(IntPtr self) => 1;
 
         [UnmanagedCallersOnly]
-        private static int EnumMemoryRegion(IntPtr self, ulong address, uint size)
+        private static int CallbackEnumMemoryRegion(IntPtr self, ulong address, uint size)
         {
             try
             {
