@@ -30,7 +30,10 @@ MAX_ADDRESSES = 40     # of each sort: keeps a session of a busy app to seconds
 def session(core: Path, commands: list[str], *, clr_path: str | None = None) -> dict[str, str]:
     """Each command's output, in one dotnet-dump analyze session fed on stdin (one start, many
     commands). The dump's own path, which is the reader's side, is the only thing normalized."""
-    script = ([f"setclrpath {clr_path}"] if clr_path else []) + list(commands) + ["exit"]
+    # No symbol server: nothing may come from the network, so every byte comes from the dump
+    # (or, on the same machine, the files it names).
+    script = ["setsymbolserver -disable"] + ([f"setclrpath {clr_path}"] if clr_path else [])
+    script += list(commands) + ["exit"]
     result = subprocess.run(["dotnet", "dotnet-dump", "analyze", str(core)], input="\n".join(script) + "\n",
                             capture_output=True, text=True, timeout=SESSION_TIMEOUT, cwd=REPO)
     text = result.stdout.replace(str(core), "<dump>")
@@ -43,7 +46,7 @@ def session(core: Path, commands: list[str], *, clr_path: str | None = None) -> 
         if first.startswith("> "):
             outputs[first[2:].strip()] = rest + ("" if kind == "OUTPUT" else "<error>\n")
     missing = [c for c in script if c not in outputs and c != "exit"]
-    assert not missing, f"no output for {missing}: {text[-3000:]}"
+    assert not missing, f"dotnet-dump analyze stopped (exit {result.returncode}) before {missing[:3]}: {result.stderr[:1500]}"
     return outputs
 
 

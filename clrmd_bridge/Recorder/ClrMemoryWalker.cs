@@ -38,6 +38,8 @@ namespace ClrmdBridge
     {
         public const string DacRead = "DacRead";
         public const string DacEnumMemory = "DacEnumMemory";
+        public const string ReadyToRunSection = "ReadyToRunSection";
+        public const string DacReadOfLoadedMethods = "DacReadOfLoadedMethods";
         public const string JitCodeHeap = "JitCodeHeap";
         public const string ModuleImage = "ModuleImage";
         public const string ModuleMetadata = "ModuleMetadata";
@@ -82,6 +84,13 @@ namespace ClrmdBridge
             (int threadsWalked, int managedFrames) = methods is not null ? WalkThreads(runtime, warnings, methods) : (0, 0);
             Step(warnings, "modules", () => ListModules(runtime, memory));
             if (listMemory)
+                Step(warnings, "ReadyToRun sections", () =>
+                {
+                    foreach (ClrModule module in runtime.EnumerateModules())
+                        foreach ((ulong start, ulong end) in ReadyToRunSections.Of(reader, module))
+                            memory.Add(start, end, ReadyToRunSection);
+                });
+            if (listMemory)
                 ListClrMemory(runtime, memory, warnings);
             IReadOnlyCollection<ulong> typesTouched = walkObjects ? TouchTypes(runtime, warnings, methods!) : Array.Empty<ulong>();
             if (methods is not null)
@@ -90,6 +99,11 @@ namespace ClrmdBridge
                 methods.Release();
                 Step(warnings, "the DAC's memory regions", () => AddDacRegions(runtime, reader, memory, heap: walkObjects));
             }
+
+            if (listMemory)   // heap, and the look before the pause
+                Step(warnings, "method lookups of loaded types", () => LoadedMethodLookups.Add(
+                    pid, clr.ModuleInfo.ImageBase, runtime, reader, held: registers.Count > 0,
+                    (start, end) => memory.Add(start, end, DacReadOfLoadedMethods)));
 
             foreach ((ulong start, ulong end) in reader.Reads.ToMergedList())
                 memory.Add(start, end, DacRead);
@@ -298,9 +312,12 @@ namespace ClrmdBridge
         /// <summary>One lister failing must not lose what the others found: note it and go on.</summary>
         private static void Step(List<string> warnings, string what, Action action)
         {
+            Stopwatch stepClock = Stopwatch.StartNew();
             try
             {
                 action();
+                if (Environment.GetEnvironmentVariable("MINIDUMPER_BRIDGE_TIMINGS") == "1")
+                    Console.Error.WriteLine($"TIMING {what}: {stepClock.Elapsed.TotalMilliseconds:F1} ms");
             }
             catch (Exception e) when (e is not OutOfMemoryException)
             {

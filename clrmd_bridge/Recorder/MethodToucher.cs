@@ -30,7 +30,9 @@ namespace ClrmdBridge
         private const int SlotGetMethodTableSlot = 38;
         private const int SlotGetAssemblyLoadContext = 8;   // ISOSDacInterface8, after five GC methods
         private const int MethodTableDataNumMethods = 34;   // DacpMethodTableData.wNumMethods
+        private const int CodeHeaderDataJitType = 8;        // DacpCodeHeaderData.JITType
         private const int CodeHeaderDataMethodDesc = 16;    // DacpCodeHeaderData.MethodDescPtr
+        private const int JitTypeJit = 1;                   // JITTypes.TYPE_JIT
 
         private readonly ClrRuntime _runtime;
         private readonly IntPtr _sosDac;
@@ -86,28 +88,52 @@ namespace ClrmdBridge
         /// code-range lookup that finds its MethodDesc (ReadyToRun code of inherited methods
         /// included), and that MethodDesc's data and name. For the method tables of the methods
         /// touched so far and <paramref name="moreMethodTables"/>.</summary>
-        public void TouchSlots(IEnumerable<ulong> moreMethodTables)
+        public void TouchSlots(IEnumerable<ulong> moreMethodTables) => TouchSlots(moreMethodTables, lookupOnly: false);
+
+        /// <summary>The code-range lookup of every slot's code address only: what validating a
+        /// MethodDesc with ReadyToRun code needs (its entry point leads back to it), for method
+        /// tables whose names and data nobody asked for yet.</summary>
+        public void TouchSlotLookups(IEnumerable<ulong> methodTables) => TouchSlots(methodTables, lookupOnly: true);
+
+        private void TouchSlots(IEnumerable<ulong> moreMethodTables, bool lookupOnly)
         {
             if (_sosDac == IntPtr.Zero)
                 return;
-            HashSet<ulong> methodTables = new(_methodTables);
+            HashSet<ulong> methodTables = lookupOnly ? new() : new(_methodTables);
             methodTables.UnionWith(moreMethodTables);
             byte* scratch = stackalloc byte[ScratchBytes];
             var getMethodTableData = (delegate* unmanaged<IntPtr, ulong, byte*, int>)DacMemoryEnumerator.VTableSlot(_sosDac, SlotGetMethodTableData);
             var getMethodTableSlot = (delegate* unmanaged<IntPtr, ulong, uint, ulong*, int>)DacMemoryEnumerator.VTableSlot(_sosDac, SlotGetMethodTableSlot);
+            var getCodeHeaderData = (delegate* unmanaged<IntPtr, ulong, byte*, int>)DacMemoryEnumerator.VTableSlot(_sosDac, SlotGetCodeHeaderData);
             foreach (ulong methodTable in methodTables)
             {
                 if (methodTable == 0 || getMethodTableData(_sosDac, methodTable, scratch) != 0)
                     continue;
-                TouchAssemblyLoadContext(methodTable);
+                if (!lookupOnly)
+                    TouchAssemblyLoadContext(methodTable);
                 ushort slots = *(ushort*)(scratch + MethodTableDataNumMethods);
                 for (uint slot = 0; slot < slots; slot++)
                 {
                     ulong entry;
-                    if (getMethodTableSlot(_sosDac, methodTable, slot, &entry) == 0 && entry != 0 && _slotEntries.Add(entry))
+                    if (getMethodTableSlot(_sosDac, methodTable, slot, &entry) != 0 || entry == 0 || !_slotEntries.Add(entry))
+                        continue;
+                    if (lookupOnly)
+                        TouchLookup(entry, scratch, getCodeHeaderData);
+                    else
                         TouchCodeAddress(entry, scratch);
                 }
             }
+        }
+
+        /// <summary>The lookup of a slot's code address; for jitted code, its method's code
+        /// versions too (tiering made them; ReadyToRun and precode entries have none of note).</summary>
+        private void TouchLookup(ulong entry, byte* scratch, delegate* unmanaged<IntPtr, ulong, byte*, int> getCodeHeaderData)
+        {
+            if (getCodeHeaderData(_sosDac, entry, scratch) != 0 || *(int*)(scratch + CodeHeaderDataJitType) != JitTypeJit)
+                return;
+            ulong methodDesc = *(ulong*)(scratch + CodeHeaderDataMethodDesc);
+            if (methodDesc != 0 && _methods.Add(methodDesc))
+                TouchCodeVersions(methodDesc);
         }
 
         /// <summary>SOS's way from a code address to a method: the code header, else the

@@ -73,8 +73,10 @@ CLR_KINDS: dict[str, RangeKind | None] = {
     "NativeHeap:GCFreeUohSegment": None,
     "ModuleImage": None,            # module code stays out; the DAC's reads of it come in below
     "ModuleMetadata": RangeKind.MODULE_METADATA,
+    "ReadyToRunSection": RangeKind.READY_TO_RUN,
     "DacRead": RangeKind.DAC_READ,
     "DacEnumMemory": RangeKind.DAC_ENUM,
+    "DacReadOfLoadedMethods": RangeKind.DAC_READ,   # found before the pause, heap mode only
 }
 # A kind the table does not know is still the CLR's own memory: heap mode keeps it.
 UNKNOWN_CLR_KIND = RangeKind.LOADER_HEAP

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from minidumper.model import (
     PAGE_SIZE, DumpMode, DumpPlan, Mapping, MemoryRange, ProcessSnapshot, RangeKind,
     SyntheticRange)
-from minidumper.plan import native
+from minidumper.plan import file_copies, native
 from minidumper.plan.modes import MODE_PARTS, Part, clr_range_kind
 
 # Where createdump puts the page that tells readers where the runtime is (64-bit Linux).
@@ -51,7 +51,9 @@ def select(snapshot: ProcessSnapshot, mode: DumpMode, read: native.ReadMemory,
         wanted += native.runtime_data(snapshot, read)
     if Part.PE_HEADERS in parts:
         wanted += native.pe_headers(snapshot, read)
-    wanted += _clr_pieces(mode, clr_ranges)
+    clr_pieces = _clr_pieces(mode, clr_ranges)
+    wanted += clr_pieces
+    wanted += file_copies.elsewhere([r for r in clr_pieces if r.kind in _FILE_BYTES_KINDS], snapshot.mappings)
 
     ranges = clip_to(merge_by_priority(wanted), [m for m in snapshot.mappings if dumpable(m)])
     synthetic = []
@@ -91,6 +93,9 @@ def diag_info_page(runtime_base: int) -> bytes:
     header = struct.pack("<16si4xQQ", DIAG_INFO_SIGNATURE, DIAG_INFO_VERSION, 0, runtime_base)
     return header + bytes(PAGE_SIZE - len(header))
 
+
+# What the CLR reads of a module's file: kept wherever else the file is mapped, too.
+_FILE_BYTES_KINDS = frozenset({RangeKind.MODULE_METADATA, RangeKind.READY_TO_RUN, RangeKind.DAC_ENUM})
 
 # Reasons that count only where no other reason covers a range, the last one least.
 _SECONDARY_KINDS = (RangeKind.DAC_ENUM, RangeKind.DAC_READ)

@@ -1,0 +1,59 @@
+using System;
+using System.Collections.Generic;
+using Microsoft.Diagnostics.Runtime;
+
+namespace ClrmdBridge
+{
+    /// <summary>
+    /// What a debugger reads to tell a MethodDesc of any loaded type from garbage (dumpmt -md,
+    /// dumpmd, ip2md on ReadyToRun code): the code-range lookup of every method table slot's code
+    /// address, which leads through the range section map to a ReadyToRun module's entry point ->
+    /// MethodDesc map (native memory), and the code versions of jitted methods. Some tens of KiB,
+    /// but O(loaded methods) DAC calls: too slow for a paused target. So the pages are found while
+    /// the target runs (the walk before the pause) and kept in this process for the walk in the
+    /// pause, which adds them without asking again; their bytes are read in the pause, like all.
+    /// </summary>
+    public static class LoadedMethodLookups
+    {
+        private static readonly Dictionary<(int Pid, ulong RuntimeBase), List<(ulong Start, ulong End)>> Found = new();
+
+        /// <param name="held">The target is paused: add what the walk before the pause found;
+        /// otherwise look it up now.</param>
+        public static void Add(int pid, ulong runtimeBase, ClrRuntime runtime, RecordingDataReader reader, bool held,
+                               Action<ulong, ulong> add)
+        {
+            (int, ulong) key = (pid, runtimeBase);
+            if (!held)
+            {
+                List<(ulong Start, ulong End)> before = reader.Reads.ToMergedList();
+                MethodToucher methods = new(runtime);
+                try
+                {
+                    methods.TouchSlotLookups(AllLoadedTypes(runtime));
+                }
+                finally
+                {
+                    methods.Release();
+                }
+
+                lock (Found)
+                    Found[key] = PageRanges.Subtract(reader.Reads.ToMergedList(), before);
+            }
+
+            List<(ulong Start, ulong End)>? pages;
+            lock (Found)
+                Found.TryGetValue(key, out pages);
+            foreach ((ulong start, ulong end) in pages ?? new())
+                add(start, end);
+        }
+
+        private static HashSet<ulong> AllLoadedTypes(ClrRuntime runtime)
+        {
+            HashSet<ulong> all = new();
+            foreach (ClrModule module in runtime.EnumerateModules())
+                foreach ((ulong methodTable, int _) in module.EnumerateTypeDefToMethodTableMap())
+                    all.Add(methodTable);
+            return all;
+        }
+    }
+}
