@@ -25,7 +25,6 @@ namespace ClrmdBridge
             (int, ulong) key = (pid, runtimeBase);
             if (!held)
             {
-                List<(ulong Start, ulong End)> before = reader.Reads.ToMergedList();
                 MethodToucher methods = new(runtime);
                 try
                 {
@@ -36,8 +35,11 @@ namespace ClrmdBridge
                     methods.Release();
                 }
 
+                // Every page this walk read so far: the lookups also went through pages that it
+                // read before them (range sections, ReadyToRun info), which the walk in the pause
+                // need not read again.
                 lock (Found)
-                    Found[key] = PageRanges.Subtract(reader.Reads.ToMergedList(), before);
+                    Found[key] = reader.Reads.ToMergedList();
             }
 
             List<(ulong Start, ulong End)>? pages;

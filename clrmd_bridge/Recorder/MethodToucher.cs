@@ -125,14 +125,26 @@ namespace ClrmdBridge
             }
         }
 
-        /// <summary>The lookup of a slot's code address; for jitted code, its method's code
-        /// versions too (tiering made them; ReadyToRun and precode entries have none of note).</summary>
+        /// <summary>The lookup of a slot's code address and SOS's first question about the
+        /// MethodDesc found (GetMethodDescData, which also looks up its code versions); for jitted
+        /// code, all its code versions (tiering made them).</summary>
         private void TouchLookup(ulong entry, byte* scratch, delegate* unmanaged<IntPtr, ulong, byte*, int> getCodeHeaderData)
         {
-            if (getCodeHeaderData(_sosDac, entry, scratch) != 0 || *(int*)(scratch + CodeHeaderDataJitType) != JitTypeJit)
+            var getMethodDescPtrFromIP = (delegate* unmanaged<IntPtr, ulong, ulong*, int>)DacMemoryEnumerator.VTableSlot(_sosDac, SlotGetMethodDescPtrFromIP);
+            var getMethodDescData = (delegate* unmanaged<IntPtr, ulong, ulong, byte*, uint, void*, uint*, int>)DacMemoryEnumerator.VTableSlot(_sosDac, SlotGetMethodDescData);
+            ulong methodDesc = 0;
+            bool jitted = false;
+            if (getCodeHeaderData(_sosDac, entry, scratch) == 0)
+            {
+                methodDesc = *(ulong*)(scratch + CodeHeaderDataMethodDesc);
+                jitted = *(int*)(scratch + CodeHeaderDataJitType) == JitTypeJit;
+            }
+            if (methodDesc == 0 && getMethodDescPtrFromIP(_sosDac, entry, &methodDesc) != 0)
+                methodDesc = 0;
+            if (methodDesc == 0 || !_methods.Add(methodDesc))
                 return;
-            ulong methodDesc = *(ulong*)(scratch + CodeHeaderDataMethodDesc);
-            if (methodDesc != 0 && _methods.Add(methodDesc))
+            _ = getMethodDescData(_sosDac, methodDesc, 0, scratch, 0, null, null);
+            if (jitted)
                 TouchCodeVersions(methodDesc);
         }
 
