@@ -1,5 +1,6 @@
 using System;
 using System.Collections.Generic;
+using System.Runtime.InteropServices;
 using Microsoft.Diagnostics.Runtime;
 
 namespace ClrmdBridge
@@ -23,10 +24,12 @@ namespace ClrmdBridge
         private const int ScratchBytes = 1024;     // larger than any Dacp* record asked for here
 
         // ISOSDacInterface's vtable (sospriv.idl; IUnknown's three slots first).
+        private const int SlotGetAssemblyName = 11;
         private const int SlotGetMethodDescData = 20;
         private const int SlotGetMethodDescPtrFromIP = 21;
         private const int SlotGetCodeHeaderData = 26;
         private const int SlotGetMethodTableData = 37;
+        private const int SlotTraverseEHInfo = 64;
         private const int SlotGetMethodTableSlot = 38;
         private const int SlotGetAssemblyLoadContext = 8;   // ISOSDacInterface8, after five GC methods
         private const int MethodTableDataNumMethods = 34;   // DacpMethodTableData.wNumMethods
@@ -44,6 +47,7 @@ namespace ClrmdBridge
         private readonly HashSet<ulong> _methodTables = new();
         private readonly HashSet<ulong> _exceptions = new();
         private readonly HashSet<ulong> _slotEntries = new();
+        private readonly HashSet<ulong> _clauseCode = new();
 
         public MethodToucher(ClrRuntime runtime)
         {
@@ -146,6 +150,8 @@ namespace ClrmdBridge
             _ = getMethodDescData(_sosDac, methodDesc, 0, scratch, 0, null, null);
             if (jitted)
                 TouchCodeVersions(methodDesc);
+            else
+                TouchExceptionClauses(entry);   // ReadyToRun: the clauses are in the image
         }
 
         /// <summary>SOS's way from a code address to a method: the code header, else the
@@ -163,6 +169,7 @@ namespace ClrmdBridge
             if (methodDesc == 0)
                 return;
             _ = getMethodDescData(_sosDac, methodDesc, 0, scratch, 0, null, null);
+            TouchExceptionClauses(address);
             if (_methods.Add(methodDesc))
                 TouchCodeVersions(methodDesc);
             if (_runtime.GetMethodByHandle(methodDesc) is ClrMethod method)
@@ -171,6 +178,33 @@ namespace ClrmdBridge
                 _ = method.Type?.Module?.Name;
             }
         }
+
+        /// <summary>dumpdomain's and dumpassembly's assembly names (their paths, in native memory).</summary>
+        public void TouchAssemblyNames()
+        {
+            if (_sosDac == IntPtr.Zero)
+                return;
+            char* name = stackalloc char[1024];
+            uint length;
+            var getAssemblyName = (delegate* unmanaged<IntPtr, ulong, uint, char*, uint*, int>)DacMemoryEnumerator.VTableSlot(_sosDac, SlotGetAssemblyName);
+            foreach (ClrModule module in _runtime.EnumerateModules())
+                if (module.AssemblyAddress != 0)
+                    _ = getAssemblyName(_sosDac, module.AssemblyAddress, 1024, name, &length);
+        }
+
+        /// <summary>ehinfo: the exception clauses of the code at an address (for ReadyToRun code,
+        /// tables in the image), through ISOSDacInterface::TraverseEHInfo.</summary>
+        private void TouchExceptionClauses(ulong code)
+        {
+            if (_sosDac == IntPtr.Zero || code == 0 || !_clauseCode.Add(code))
+                return;
+            var traverseEHInfo = (delegate* unmanaged<IntPtr, ulong, delegate* unmanaged<uint, uint, void*, void*, int>, void*, int>)
+                DacMemoryEnumerator.VTableSlot(_sosDac, SlotTraverseEHInfo);
+            _ = traverseEHInfo(_sosDac, code, &EachClause, null);
+        }
+
+        [UnmanagedCallersOnly]
+        private static int EachClause(uint clauseIndex, uint totalClauses, void* clause, void* token) => 1;   // TRUE: go on
 
         /// <summary>dumpmt's "AssemblyLoadContext" line: the type's module's binder and its
         /// managed context (ISOSDacInterface8::GetAssemblyLoadContext).</summary>
@@ -198,6 +232,7 @@ namespace ClrmdBridge
         private void TouchMethod(ClrMethod method)
         {
             _ = method.Signature;
+            TouchExceptionClauses(method.NativeCode);
             if (method.Type is ClrType type)
                 _methodTables.Add(type.MethodTable);
             if (_methods.Add(method.MethodDesc))
