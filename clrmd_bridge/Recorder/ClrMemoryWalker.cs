@@ -96,7 +96,7 @@ namespace ClrmdBridge
             if (methods is not null)
             {
                 Step(warnings, "method table slots", () => methods.TouchSlots(typesTouched));
-                Step(warnings, "assembly names", methods.TouchAssemblyNames);
+                Step(warnings, "assemblies", methods.TouchAssemblies);
                 methods.Release();
                 Step(warnings, "the DAC's memory regions", () => AddDacRegions(runtime, reader, memory, heap: walkObjects));
             }

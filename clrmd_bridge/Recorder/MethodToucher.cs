@@ -24,7 +24,9 @@ namespace ClrmdBridge
         private const int ScratchBytes = 1024;     // larger than any Dacp* record asked for here
 
         // ISOSDacInterface's vtable (sospriv.idl; IUnknown's three slots first).
+        private const int SlotGetAssemblyData = 10;
         private const int SlotGetAssemblyName = 11;
+        private const int SlotGetAssemblyLocation = 85;
         private const int SlotGetMethodDescData = 20;
         private const int SlotGetMethodDescPtrFromIP = 21;
         private const int SlotGetCodeHeaderData = 26;
@@ -179,17 +181,29 @@ namespace ClrmdBridge
             }
         }
 
-        /// <summary>dumpdomain's and dumpassembly's assembly names (their paths, in native memory).</summary>
-        public void TouchAssemblyNames()
+        /// <summary>dumpdomain's and dumpassembly's questions about each assembly: its data, name
+        /// and location (paths and binder data live in native memory).</summary>
+        public void TouchAssemblies()
         {
             if (_sosDac == IntPtr.Zero)
                 return;
             char* name = stackalloc char[1024];
+            byte* scratch = stackalloc byte[ScratchBytes];
             uint length;
+            var getAssemblyData = (delegate* unmanaged<IntPtr, ulong, ulong, byte*, int>)DacMemoryEnumerator.VTableSlot(_sosDac, SlotGetAssemblyData);
             var getAssemblyName = (delegate* unmanaged<IntPtr, ulong, uint, char*, uint*, int>)DacMemoryEnumerator.VTableSlot(_sosDac, SlotGetAssemblyName);
-            foreach (ClrModule module in _runtime.EnumerateModules())
-                if (module.AssemblyAddress != 0)
+            var getAssemblyLocation = (delegate* unmanaged<IntPtr, ulong, int, char*, uint*, int>)DacMemoryEnumerator.VTableSlot(_sosDac, SlotGetAssemblyLocation);
+            foreach (ClrAppDomain domain in _runtime.AppDomains)
+            {
+                foreach (ClrModule module in domain.Modules)
+                {
+                    if (module.AssemblyAddress == 0)
+                        continue;
+                    _ = getAssemblyData(_sosDac, domain.Address, module.AssemblyAddress, scratch);
                     _ = getAssemblyName(_sosDac, module.AssemblyAddress, 1024, name, &length);
+                    _ = getAssemblyLocation(_sosDac, module.AssemblyAddress, 1024, name, &length);
+                }
+            }
         }
 
         /// <summary>ehinfo: the exception clauses of the code at an address (for ReadyToRun code,
