@@ -29,9 +29,9 @@ WEB_FIXTURE = BUILD / "fixtures" / "WebFixture" / "WebFixture.dll"
 METHODS_TYPES = ("MethodsFixture.Dog", "MethodsFixture.Cat", "MethodsFixture.Animal", "System.FormatException")
 WEB_TYPES = ("WebFixture.ParkedRequest", "Microsoft.AspNetCore.Http.DefaultHttpContext")
 PARKED_REQUESTS = 6
-# Tiered compilation's background worker exits when idle: at once, so that it is gone before
-# READY and the process stays the same from one dump to the next.
-QUIET_RUNTIME = {"DOTNET_TC_BackgroundWorkerTimeoutMs": "0"}
+# Tiered compilation's background worker exits after 4 s idle, which would change the threads
+# between two dumps: keep it for an hour (the value is hexadecimal milliseconds).
+QUIET_RUNTIME = {"DOTNET_TC_BackgroundWorkerTimeoutMs": "36EE80"}
 DUMPS = ("full", "heap", "mini", "control")
 
 
