@@ -95,6 +95,9 @@ namespace ClrmdBridge
             IReadOnlyCollection<ulong> typesTouched = walkObjects ? TouchTypes(runtime, warnings, methods!) : Array.Empty<ulong>();
             if (methods is not null)
             {
+                // The types of the methods on stacks and in exception traces, and of roots, handles
+                // and the finalizer queue; every other loaded type's slots were looked up before
+                // the pause (LoadedMethodLookups).
                 Step(warnings, "method table slots", () => methods.TouchSlots(typesTouched));
                 Step(warnings, "assemblies", methods.TouchAssemblies);
                 methods.Release();

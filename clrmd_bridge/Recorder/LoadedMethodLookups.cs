@@ -8,7 +8,8 @@ namespace ClrmdBridge
     /// What a debugger reads to tell a MethodDesc of any loaded type from garbage (dumpmt -md,
     /// dumpmd, ip2md on ReadyToRun code): the code-range lookup of every method table slot's code
     /// address, which leads through the range section map to a ReadyToRun module's entry point ->
-    /// MethodDesc map (native memory), and the code versions of jitted methods. Some tens of KiB,
+    /// MethodDesc map (native memory), the MethodDesc's data and code versions, its exception
+    /// clauses (ReadyToRun), and each type's AssemblyLoadContext. Some tens of KiB,
     /// but O(loaded methods) DAC calls: too slow for a paused target. So the pages are found while
     /// the target runs (the walk before the pause) and kept in this process for the walk in the
     /// pause, which adds them without asking again; their bytes are read in the pause, like all.
@@ -16,6 +17,11 @@ namespace ClrmdBridge
     public static class LoadedMethodLookups
     {
         private static readonly Dictionary<(int Pid, ulong RuntimeBase), List<(ulong Start, ulong End)>> Found = new();
+
+        // Well inside the time a walk before the pause is given: on an app with very many loaded
+        // types the lookups stop there, and the types left are those a debugger is least likely
+        // to ask about (their modules were loaded last).
+        private static readonly TimeSpan Budget = TimeSpan.FromSeconds(4);
 
         /// <param name="held">The target is paused: add what the walk before the pause found;
         /// otherwise look it up now.</param>
@@ -28,7 +34,7 @@ namespace ClrmdBridge
                 MethodToucher methods = new(runtime);
                 try
                 {
-                    methods.TouchSlotLookups(AllLoadedTypes(runtime));
+                    methods.TouchSlotLookups(AllLoadedTypes(runtime), Budget);
                 }
                 finally
                 {

@@ -99,10 +99,11 @@ namespace ClrmdBridge
         /// <summary>The code-range lookup of every slot's code address only: what validating a
         /// MethodDesc with ReadyToRun code needs (its entry point leads back to it), for method
         /// tables whose names and data nobody asked for yet.</summary>
-        public void TouchSlotLookups(IEnumerable<ulong> methodTables) => TouchSlots(methodTables, lookupOnly: true);
+        public void TouchSlotLookups(IEnumerable<ulong> methodTables, TimeSpan budget) => TouchSlots(methodTables, lookupOnly: true, budget);
 
-        private void TouchSlots(IEnumerable<ulong> moreMethodTables, bool lookupOnly)
+        private void TouchSlots(IEnumerable<ulong> moreMethodTables, bool lookupOnly, TimeSpan? budget = null)
         {
+            System.Diagnostics.Stopwatch clock = System.Diagnostics.Stopwatch.StartNew();
             if (_sosDac == IntPtr.Zero)
                 return;
             HashSet<ulong> methodTables = lookupOnly ? new() : new(_methodTables);
@@ -113,10 +114,11 @@ namespace ClrmdBridge
             var getCodeHeaderData = (delegate* unmanaged<IntPtr, ulong, byte*, int>)DacMemoryEnumerator.VTableSlot(_sosDac, SlotGetCodeHeaderData);
             foreach (ulong methodTable in methodTables)
             {
+                if (budget is TimeSpan limit && clock.Elapsed > limit)
+                    break;
                 if (methodTable == 0 || getMethodTableData(_sosDac, methodTable, scratch) != 0)
                     continue;
-                if (!lookupOnly)
-                    TouchAssemblyLoadContext(methodTable);
+                TouchAssemblyLoadContext(methodTable);
                 ushort slots = *(ushort*)(scratch + MethodTableDataNumMethods);
                 for (uint slot = 0; slot < slots; slot++)
                 {
@@ -131,9 +133,9 @@ namespace ClrmdBridge
             }
         }
 
-        /// <summary>The lookup of a slot's code address and SOS's first question about the
-        /// MethodDesc found (GetMethodDescData, which also looks up its code versions); for jitted
-        /// code, all its code versions (tiering made them).</summary>
+        /// <summary>The lookup of a slot's code address, SOS's first question about the MethodDesc
+        /// found (GetMethodDescData), its code versions, and for ReadyToRun code its exception
+        /// clauses.</summary>
         private void TouchLookup(ulong entry, byte* scratch, delegate* unmanaged<IntPtr, ulong, byte*, int> getCodeHeaderData)
         {
             var getMethodDescPtrFromIP = (delegate* unmanaged<IntPtr, ulong, ulong*, int>)DacMemoryEnumerator.VTableSlot(_sosDac, SlotGetMethodDescPtrFromIP);
@@ -150,9 +152,8 @@ namespace ClrmdBridge
             if (methodDesc == 0 || !_methods.Add(methodDesc))
                 return;
             _ = getMethodDescData(_sosDac, methodDesc, 0, scratch, 0, null, null);
-            if (jitted)
-                TouchCodeVersions(methodDesc);
-            else
+            TouchCodeVersions(methodDesc);
+            if (!jitted)
                 TouchExceptionClauses(entry);   // ReadyToRun: the clauses are in the image
         }
 
