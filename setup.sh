@@ -42,6 +42,11 @@ done
 if [ -f .config/dotnet-tools.json ]; then
   dotnet tool restore >/dev/null
 fi
+# PowerShell (a .NET global tool from NuGet) for the PowerShell test; that test skips without it.
+if [ ! -x .build/pwsh/pwsh ]; then
+  dotnet tool install --tool-path .build/pwsh PowerShell --version 7.6.9 >/dev/null 2>&1 \
+    || echo "setup: PowerShell 7.6.9 could not be installed; its test will skip" >&2
+fi
 
 .venv/bin/pip install -q --no-deps --no-build-isolation -e .
 echo "setup: done; run .venv/bin/minidumper --help" >&2

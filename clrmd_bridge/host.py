@@ -127,7 +127,8 @@ def _check_assemblies(assembly_dir: Path) -> None:
     if missing:
         raise BridgeLoadError(
             f"the bridge's .NET assemblies are not built ({', '.join(missing)} missing in "
-            f"{assembly_dir}); run ./setup.sh"
+            f"{assembly_dir}); in a clone of the repository run ./setup.sh; an installed "
+            "minidumper gets them from its wheel (pip install builds them with the .NET SDK)"
         )
 
 

@@ -1,3 +1,3 @@
-from minidumper.cli import main
+from minidumper.entry import main
 
 main()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
+from minidumper.engines.linux import procfs
 from minidumper.errors import (
     ClrReadFailedError, NotDotnetError, RuntimeBridgeError, TargetExitedError)
 
@@ -100,14 +101,6 @@ class ClrWalk:
 
     def _raise_if_gone(self) -> None:
         """A walk fails when its target dies under it: that is the target's exit, not ours."""
-        if not _alive(self.pid):
+        if not procfs.alive(self.pid):
             raise TargetExitedError(f"process {self.pid} exited mid-dump")
 
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            text = stat.read()
-    except FileNotFoundError:
-        return False
-    return text[text.rindex(")") + 2] not in "ZX"

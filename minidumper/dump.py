@@ -14,14 +14,16 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from minidumper.clr_walk import ClrWalk
-from minidumper.errors import MinidumperError, NotDotnetError, RuntimeBridgeError, TargetExitedError
+from minidumper.errors import (
+    MinidumperError, NotDotnetError, RuntimeBridgeError, TargetExitedError, UsageError)
 from minidumper.model import DumpMode, DumpPlan, ProcessSnapshot
-from minidumper.output import OutputFile
+from minidumper.output import OutputFile, app_name, open_output
 from minidumper.plan import modes, select
 
 log = logging.getLogger(__name__)
 
 OUTPUT_HEADER_ALLOWANCE = 16 << 20   # notes and program headers of a large process fit in this
+DEFAULT_PAUSE_TIMEOUT = 1.0          # as engines.linux.ptrace's, without importing it on Windows
 
 
 class DumpProgress(Protocol):
@@ -35,7 +37,7 @@ class DumpResult:
     debuggers show); host_pid is the one the dumper knows it by (given with --pid). They
     differ only where the target runs in another pid namespace, such as a container's."""
 
-    path: str
+    path: str | None                  # None where the dump went to a stream
     pid: int
     mode: DumpMode
     bytes_written: int
@@ -45,6 +47,8 @@ class DumpResult:
     total_seconds: float = 0.0
     host_pid: int = 0
     dac_path: str | None = None       # the DAC the CLR was read with (heap and mini)
+    runtime_version: str | None = None  # the target's .NET runtime, read by minidumper
+    warnings: list[str] = field(default_factory=list)   # ClrMD's: what it could not list
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -54,56 +58,90 @@ class DumpResult:
             "ranges_by_kind": self.ranges_by_kind,
             "paused_seconds": round(self.paused_seconds, 6),
             "total_seconds": round(self.total_seconds, 6),
+            "runtime_version": self.runtime_version, "warnings": list(self.warnings),
         }
 
 
-def write_dump(pid: int, path: str, mode: DumpMode = DumpMode.HEAP, *,
-               progress: DumpProgress | None = None, dac_path: str | None = None) -> DumpResult:
-    """Writes a dump of process `pid` to `path` (which must not exist). Returns what was written.
+def write_dump(pid: int, path: object = None, mode: DumpMode | str = DumpMode.HEAP, *,
+               progress: DumpProgress | None = None, dac_path: str | None = None,
+               pause_timeout: float = DEFAULT_PAUSE_TIMEOUT) -> DumpResult:
+    """Writes a dump of process `pid`. Returns what was written.
 
+    path: a file that must not exist; a directory, where the file is named
+    core_<name>_<pid>_<YYYYMMDD_HHMMSS>; None for that name in the current directory; "-" or a
+    writable binary stream (such as sys.stdout.buffer) for the complete core written to it.
+    mode: a DumpMode or its value ("mini", "heap", "full").
     dac_path: the runtime's DAC (libmscordaccore.so, or its directory) for heap and mini dumps,
-    where the search of minidumper.dac would not find it."""
+    where the search of minidumper.dac would not find it.
+    pause_timeout: seconds to wait for every thread to stop (Linux); a thread that will not (D
+    state, a frozen cgroup) makes the dump fail with PauseFailedError, the target resumed.
+
+    Safe to call from any thread, and many times in one process: the CLR is read in a process
+    of its own, ptrace stays on the calling thread, and no signal handler is installed.
+    Raises a MinidumperError subclass, each with its exit_code, or TypeError for arguments of
+    the wrong type."""
+    mode = _dump_mode(mode)
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise TypeError(f"pid must be an int, not {type(pid).__name__}")
     if sys.platform == "win32":
         return _write_windows_minidump(pid, path, mode)
-    return _write_linux_core(pid, path, mode, progress, dac_path)
+    return _write_linux_core(pid, path, mode, progress, dac_path, pause_timeout)
 
 
-def _write_linux_core(pid: int, path: str, mode: DumpMode,
-                      progress: DumpProgress | None, dac_path: str | None) -> DumpResult:
+def _dump_mode(mode: object) -> DumpMode:
+    if isinstance(mode, DumpMode):
+        return mode
+    if not isinstance(mode, str):
+        raise TypeError(f"mode must be a DumpMode or one of 'mini', 'heap', 'full', "
+                        f"not {type(mode).__name__}")
+    try:
+        return DumpMode(mode.lower())
+    except ValueError:
+        raise UsageError(f"unknown dump mode {mode!r}: mini, heap or full") from None
+
+
+def _write_linux_core(pid: int, path: object, mode: DumpMode, progress: DumpProgress | None,
+                      dac_path: str | None, pause_timeout: float) -> DumpResult:
     from minidumper import targets
 
     if platform.machine() != "x86_64":
         raise MinidumperError(f"the Linux engine writes x86-64 cores; this machine is {platform.machine()}")
     started = time.monotonic()
-    targets.describe(pid)
+    pid = targets.process_of(pid)
+    info = targets.describe(pid)
+    output = open_output(path, pid, app_name(info.name, info.cmdline))   # its checks come before .NET's start
+    if modes.clr_depth(mode):
+        from minidumper.process_limits import ensure_descriptors_for_bridge
+        ensure_descriptors_for_bridge()
     # The bridge's process loads .NET while this one reads /proc.
     with ClrWalk(pid) if modes.clr_depth(mode) else contextlib.nullcontext() as clr:
-        return _dump_linux(pid, path, mode, progress, clr, started, dac_path)
+        return _dump_linux(pid, output, mode, progress, clr, started, dac_path, pause_timeout)
 
 
-def _dump_linux(pid: int, path: str, mode: DumpMode, progress: DumpProgress | None,
-                clr: ClrWalk | None, started: float, dac_path: str | None) -> DumpResult:
+def _dump_linux(pid: int, output: OutputFile, mode: DumpMode, progress: DumpProgress | None,
+                clr: ClrWalk | None, started: float, dac_path: str | None,
+                pause_timeout: float) -> DumpResult:
     from minidumper import targets
-    from minidumper.engines.linux import procfs
     from minidumper.engines.linux.core_writer import CoreWriter
+    from minidumper.engines.linux.memory import address_of
     from minidumper.engines.linux.session import PausedProcess
 
     mappings = targets.mappings(pid)
     clr_layout: list[tuple[int, int, str]] = []
+    runtime = _target_runtime(pid, mappings) if clr else _runtime_if_any(pid, mappings)
     if clr:
-        clr.dac_path = _find_dac(pid, mappings, dac_path)
+        clr.dac_path = _find_dac(pid, runtime, dac_path)
         # Also for mini: a target with no CLR fails before its pause, and ClrMD and the DAC are
         # loaded and warm, so the walk in the pause is quick.
         clr_layout = clr.layout()
 
     expected = select.expected_bytes(mode, mappings, clr_layout)
-    with OutputFile(path) as output:
+    with output:
         if expected:
             # Allocate the file's pages before the pause, so that the pause is only the copy;
-            # not where they would not stay in memory until then.
-            output.map(expected + expected // 100 + OUTPUT_HEADER_ALLOWANCE,
-                       populate=expected <= procfs.memory_available() // 2)
-        with PausedProcess(pid) as paused:
+            # populated only where they will stay in memory until then (output.reserve).
+            output.reserve(expected + expected // 100 + OUTPUT_HEADER_ALLOWANCE)
+        with PausedProcess(pid, pause_timeout) as paused:
             snapshot = paused.snapshot()
             # Keyed by the ids the CLR knows its threads by: those of the target's pid namespace.
             registers = {t.target_tid: t.prstatus_regs for t in snapshot.threads}
@@ -118,7 +156,7 @@ def _dump_linux(pid: int, path: str, mode: DumpMode, progress: DumpProgress | No
             mapping = output.map(writer.planned_size)
             if mapping is not None:
                 # The target's memory goes straight into the file's pages: one copy, then resume.
-                with memoryview(mapping) as destination:
+                with address_of(mapping) as destination:
                     writer.fill(paused.memory, destination, advance)
                 paused.resume()
                 size = writer.finish()
@@ -126,8 +164,11 @@ def _dump_linux(pid: int, path: str, mode: DumpMode, progress: DumpProgress | No
                 log.debug("the output cannot be mapped: writing while the target is paused")
                 size = writer.write(paused.stream(plan.ranges), advance)
         output.commit(size)
-    return _result(output.path, snapshot, plan, size, paused.paused_seconds, started,
-                   clr.dac_path if clr else None)
+    result = _result(output.path if output.name else None, snapshot, plan, size,
+                     paused.paused_seconds, started, clr.dac_path if clr else None)
+    result.runtime_version = (clr.runtime_version if clr else "") or (runtime.version if runtime else None)
+    result.warnings = list(clr.warnings) if clr else []
+    return result
 
 
 def _write_windows_minidump(pid: int, path: str, mode: DumpMode) -> DumpResult:
@@ -142,7 +183,7 @@ def _write_windows_minidump(pid: int, path: str, mode: DumpMode) -> DumpResult:
         # No registers to hand over: on Windows ClrMD's own reader has the true thread contexts.
         clr_ranges = _read_clr(_load_bridge(pid), pid, {}, depth)
     plan = select.select_clr_only(mode, clr_ranges)
-    with OutputFile(path) as output:
+    with open_output(path, pid, str(pid)) as output:
         written = write_minidump(pid, output.fd, windows_plan.minidump_type(mode), plan.ranges,
                                  windows_plan.include_module_code(mode), lambda: False)
         output.commit(written.bytes_written)
@@ -159,24 +200,51 @@ def _result(path: str, snapshot: ProcessSnapshot, plan: DumpPlan, size: int,
                       total_seconds=time.monotonic() - started, dac_path=dac)
 
 
-def _find_dac(pid: int, mappings: list, dac_path: str | None) -> str:
+def _target_runtime(pid: int, mappings: list):
     """The target's runtime (libcoreclr, or linked into a single-file app), read from its
-    memory before the pause, and the DAC that matches it. No runtime or no DAC: exit 5."""
-    from minidumper import dac, runtime_files
+    memory before the pause; None where it has none."""
+    from minidumper import runtime_files
     from minidumper.engines.linux import procfs
     from minidumper.engines.linux.memory import ProcessMemory
 
     memory = ProcessMemory(pid)
     try:
-        runtime = runtime_files.find_runtime(pid, mappings, procfs.read_bytes(pid, "auxv"), memory.read)
-    except FileNotFoundError as error:
-        raise TargetExitedError(f"process {pid} exited") from error
+        return runtime_files.find_runtime(pid, mappings, procfs.read_bytes(pid, "auxv"), memory.read)
+    except OSError as error:
+        # Its files and memory vanish with the target: that is its exit, not our failure.
+        if not procfs.alive(pid):
+            raise TargetExitedError(f"process {pid} exited") from error
+        raise
     finally:
         memory.close()
-    if runtime is None:
-        raise NotDotnetError(f"process {pid} is not a .NET process (no libcoreclr.so is loaded and "
-                             "no single-file runtime found); --full still dumps any process")
-    located = dac.locate(runtime, dac_path)
+
+
+def _runtime_if_any(pid: int, mappings: list):
+    """For --full, which needs no runtime: its version for the report, where one is found."""
+    try:
+        return _target_runtime(pid, mappings)
+    except TargetExitedError:
+        raise
+    except Exception as error:   # an odd process is still dumped in full
+        log.debug("no runtime version: %s", error)
+        return None
+
+
+def _find_dac(pid: int, runtime, dac_path: str | None) -> str:
+    """The DAC that matches the target's runtime. No runtime or no DAC: exit 5."""
+    from minidumper import dac
+    from minidumper.engines.linux import procfs
+
+    try:
+        if runtime is None:
+            raise NotDotnetError(f"process {pid} is not a .NET process (no libcoreclr.so is loaded "
+                                 "and no single-file runtime found); --full still dumps any process")
+        located = dac.locate(runtime, dac_path)
+    except (OSError, MinidumperError) as error:
+        # Its files and memory vanish with the target: that is its exit, not our failure.
+        if not procfs.alive(pid):
+            raise TargetExitedError(f"process {pid} exited") from error
+        raise
     log.debug("%s; DAC: %s", runtime.describe(), located)
     return located
 

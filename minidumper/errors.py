@@ -83,3 +83,12 @@ class RuntimeBridgeError(MinidumperError):
     """The .NET side (hostfxr, pythonnet, ClrMD) could not be loaded or failed."""
 
     exit_code = ExitCode.INTERNAL
+
+
+class ProcessNameError(TargetNotFoundError):
+    """--pn matched no process, or several: `matches` lists (pid, command line) of the
+    candidates (the matching processes, or for no match the .NET processes running)."""
+
+    def __init__(self, message: str, matches: list[tuple[int, str]]) -> None:
+        super().__init__(message)
+        self.matches = matches

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from dataclasses import dataclass
 
 from minidumper.engines.linux import procfs
 from minidumper.model import Mapping
-from minidumper.errors import AccessDeniedError, TargetNotFoundError, UsageError
+from minidumper.errors import (
+    AccessDeniedError, ProcessNameError, TargetExitedError, TargetNotFoundError, UsageError)
+
+log = logging.getLogger(__name__)
 
 DOTNET_HOSTS = {"dotnet", "dotnet.exe"}
 
@@ -35,13 +39,44 @@ def describe(pid: int) -> ProcessInfo:
         raise AccessDeniedError(f"cannot read /proc/{pid}: {error.strerror}") from error
 
 
+def process_of(pid: int) -> int:
+    """The process to dump for a --pid: the pid itself, or the process a thread id belongs to
+    (with a warning). Kernel threads and zombies are refused with what they are."""
+    describe(pid)
+    try:
+        if procfs.is_kernel_thread(pid):
+            raise TargetNotFoundError(f"pid {pid} is a kernel thread ({procfs.comm(pid)}), "
+                                      "not a user process; there is nothing to dump")
+        process = procfs.thread_group_id(pid)
+        state = procfs.state(process)
+    except (FileNotFoundError, ProcessLookupError):
+        raise TargetExitedError(f"process {pid} exited") from None
+    if process != pid:
+        log.warning("%d is a thread of process %d (%s): dumping process %d", pid, process,
+                    procfs.comm(process) if procfs.exists(process) else "?", process)
+    if state in ("Z", "X", "x"):
+        raise TargetExitedError(
+            f"process {process} has exited (a zombie, not yet collected by its parent "
+            f"{_parent(process)}); there is nothing left to dump")
+    return process
+
+
+def _parent(pid: int) -> str:
+    try:
+        return procfs.stat_fields(pid)[1]
+    except OSError:
+        return "?"
+
+
 def mappings(pid: int) -> list[Mapping]:
     """The target's /proc/PID/maps, read before pausing it."""
     try:
         return procfs.read_maps(pid)
-    except FileNotFoundError:
-        raise TargetNotFoundError(f"no process with pid {pid}") from None
+    except (FileNotFoundError, ProcessLookupError):
+        raise TargetExitedError(f"process {pid} exited") from None
     except PermissionError as error:
+        if not procfs.alive(pid):
+            raise TargetExitedError(f"process {pid} exited") from None
         raise AccessDeniedError(
             f"access denied to process {pid}: run as its user or as root") from error
 
@@ -86,20 +121,37 @@ def hosted_assembly(arguments: list[str]) -> str:
 def find_by_name(name: str) -> ProcessInfo:
     if sys.platform == "win32":
         raise UsageError("--pn is not supported on Windows yet; give the target with --pid")
-    matches = []
+    matches = [info for info in _processes() if name in names_of(info)]
+    if not matches:
+        # The candidates: the .NET processes that are running.
+        dotnet = [info for info in _processes() if _maps_coreclr(info.pid)]
+        listing = "".join(f"\n  {m.pid}  {m.command}" for m in dotnet)
+        raise ProcessNameError(f"no process named {name!r}"
+                               + (f"; .NET processes:{listing}" if dotnet else ""),
+                               [(m.pid, m.command) for m in dotnet])
+    if len(matches) > 1:
+        listing = "\n".join(f"  {m.pid}  {m.command}" for m in matches)
+        raise ProcessNameError(
+            f"{len(matches)} processes are named {name!r}; pick one with --pid:\n{listing}",
+            [(m.pid, m.command) for m in matches])
+    return matches[0]
+
+
+def _processes() -> list[ProcessInfo]:
+    found = []
     for pid in procfs.all_pids():
         if pid == os.getpid():
             continue
         try:
-            info = describe(pid)
+            found.append(describe(pid))
         except (TargetNotFoundError, AccessDeniedError):
             continue
-        if name in names_of(info):
-            matches.append(info)
-    if not matches:
-        raise TargetNotFoundError(f"no process named {name!r}")
-    if len(matches) > 1:
-        listing = "\n".join(f"  {m.pid}  {m.command}" for m in matches)
-        raise TargetNotFoundError(
-            f"{len(matches)} processes are named {name!r}; pick one with --pid:\n{listing}")
-    return matches[0]
+    return found
+
+
+def _maps_coreclr(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            return any(line.rstrip().endswith("/libcoreclr.so") for line in maps)
+    except OSError:
+        return False

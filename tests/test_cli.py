@@ -29,7 +29,9 @@ print("EXIT", code, "MODULES", dotnet_modules, "LIBRARIES", len(dotnet_libraries
 @pytest.mark.parametrize("argv, code", [
     (["--help"], 0),
     (["--version"], 0),
-    (["--pid", "1"], 2),                            # -f missing
+    (["--pid", "1", "-f", ""], 2),                  # an empty output name
+    (["-p", "1", "--type", "bogus"], 2),
+    (["-p", "1", "-o", "x", "--type", "Full", "--mini"], 2),
     (["--pid", "1", "-f", "x", "--mini", "--heap"], 2),
     (["-f", "x"], 2),                               # no target
     (["--pid", "1", "--pn", "x", "-f", "x"], 2),
@@ -110,8 +112,10 @@ def test_process_name_finds_a_dotnet_app_by_its_assembly(tmp_path):
 def test_json_errors_are_machine_readable(tmp_path):
     result = run_minidumper("--pid", "999999999", "-f", str(tmp_path / "x"), "--full", "--json")
     assert result.returncode == 3
-    assert json.loads(result.stdout) == {"error": "no process with pid 999999999",
-                                         "exit_code": 3}
+    answer = json.loads(result.stdout)
+    assert (answer["error"], answer["exit_code"], answer["pid"]) == (
+        "no process with pid 999999999", 3, 999999999)
+    assert result.stderr == "", "with --json, stderr stays quiet unless -v"
     usage = run_minidumper("--pid", "1", "-f", str(tmp_path / "x"), "--full", "--mini", "--json")
     assert usage.returncode == 2 and json.loads(usage.stdout)["exit_code"] == 2
 

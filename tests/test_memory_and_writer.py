@@ -12,7 +12,7 @@ from elftools.elf.elffile import ELFFile
 
 from conftest import clrmd_read, process_state
 
-from minidumper.engines.linux.memory import ProcessMemory
+from minidumper.engines.linux.memory import ProcessMemory, address_of
 from minidumper.model import PAGE_SIZE, DumpMode
 from minidumper.output import OutputFile
 import minidumper
@@ -28,8 +28,9 @@ def test_fill_skips_pages_that_cannot_be_read(tmp_path):
     try:
         address = _address_of(mapped)
         memory = ProcessMemory(os.getpid())
-        destination = memoryview(bytearray(b"\xee" * 3 * PAGE_SIZE))
-        runs = list(memory.fill(address, address + 3 * PAGE_SIZE, destination))
+        destination = bytearray(b"\xee" * 3 * PAGE_SIZE)
+        with address_of(destination) as pointer:
+            runs = list(memory.fill(address, address + 3 * PAGE_SIZE, pointer))
         assert runs == [(address, PAGE_SIZE)]
         assert destination[:PAGE_SIZE] == b"A" * PAGE_SIZE
         assert destination[PAGE_SIZE:] == b"\xee" * 2 * PAGE_SIZE   # left as it was

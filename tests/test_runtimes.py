@@ -207,7 +207,7 @@ def test_no_network_and_no_dac_fails_clearly(single_file_app, tmp_path):
                             capture_output=True, text=True, timeout=300, cwd=REPO,
                             env={**os.environ, "HOME": str(tmp_path), "NUGET_PACKAGES": str(tmp_path)})
     assert result.returncode == 5 and json.loads(result.stdout)["exit_code"] == 5
-    assert "no DAC" in result.stderr
+    assert "no DAC" in json.loads(result.stdout)["error"]
 
 
 def test_self_contained_net9_app_in_all_modes(tmp_path):

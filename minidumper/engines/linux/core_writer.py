@@ -4,11 +4,13 @@ Which pages of a range can really be read is known only while reading, so the he
 reserved up front with room for the segments that holes may add; it is filled in at the end.
 
 Two ways to put the memory in: fill(), which reads the target straight into the output file
-mapped in memory (one copy, laid out as planned), and write(), which writes pieces as they come.
+mapped in memory (one copy, laid out as planned; it takes the mapping's address, so that no slice
+of the mapping outlives an interruption), and write(), which writes pieces as they come.
 """
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -20,7 +22,7 @@ PIECE = tuple[int, memoryview]
 
 
 class MemorySource(Protocol):
-    def fill(self, start: int, end: int, destination: memoryview) -> Iterable[tuple[int, int]]: ...
+    def fill(self, start: int, end: int, destination: int) -> Iterable[tuple[int, int]]: ...
 
 
 class OutputSink(Protocol):
@@ -121,23 +123,22 @@ class CoreWriter:
         return (self._data_start + self._plan.total_bytes
                 + sum(len(s.contents) for s in self._plan.synthetic))
 
-    def fill(self, memory: MemorySource, destination: memoryview,
+    def fill(self, memory: MemorySource, destination: int,
              progress: Callable[[int], None] | None = None) -> None:
-        """Reads every planned range into its place in the mapped file. Unreadable pages stay
-        zero there and out of the segments, unless there are too many holes to list."""
+        """Reads every planned range into its place in the mapped file, which starts at address
+        destination. Unreadable pages stay zero there and out of the segments, unless there are
+        too many holes to list."""
         for memory_range in self._plan.ranges:
             base = self._offset
-            view = destination[base:base + memory_range.size]
-            for address, length in memory.fill(memory_range.start, memory_range.end, view):
-                self._add_piece(address, view[address - memory_range.start:][:length],
-                                placed_at=base + address - memory_range.start)
+            for address, length in memory.fill(memory_range.start, memory_range.end,
+                                               destination + base):
+                self._place(address, length, base + address - memory_range.start)
                 if progress:
                     progress(length)
             self._offset = base + memory_range.size
         for synthetic in self._plan.synthetic:
-            destination[self._offset:self._offset + len(synthetic.contents)] = synthetic.contents
-            self._add_piece(synthetic.address, memoryview(synthetic.contents), elf.PF_R,
-                            placed_at=self._offset)
+            ctypes.memmove(destination + self._offset, synthetic.contents, len(synthetic.contents))
+            self._place(synthetic.address, len(synthetic.contents), self._offset, elf.PF_R)
             self._offset += len(synthetic.contents)
 
     def finish(self) -> int:
@@ -157,23 +158,31 @@ class CoreWriter:
         self._write_headers()
         return self._offset
 
-    def _add_piece(self, address: int, data: memoryview, forced_flags: int | None = None,
-                   placed_at: int | None = None) -> None:
-        """Adds memory to the segments: written at the end of the file, or, with placed_at,
-        already in the file there."""
+    def _add_piece(self, address: int, data: memoryview, forced_flags: int | None = None) -> None:
+        """Adds memory to the segments, written at the end of the file."""
         while data:
             if forced_flags is None:
                 flags, mapping_end = self._flags.at(address)
             else:
                 flags, mapping_end = forced_flags, address + len(data)
             part = data[:mapping_end - address]
-            if placed_at is None:
-                self._append(address, part, flags)
-            else:
-                self._record(address, placed_at, len(part), flags)
-                placed_at += len(part)
+            self._append(address, part, flags)
             address += len(part)
             data = data[len(part):]
+
+    def _place(self, address: int, length: int, placed_at: int,
+               forced_flags: int | None = None) -> None:
+        """Adds memory to the segments that is already in the file at placed_at."""
+        while length:
+            if forced_flags is None:
+                flags, mapping_end = self._flags.at(address)
+            else:
+                flags, mapping_end = forced_flags, address + length
+            part = min(length, mapping_end - address)
+            self._record(address, placed_at, part, flags)
+            placed_at += part
+            address += part
+            length -= part
 
     def _append(self, address: int, data: memoryview, flags: int) -> None:
         last = self._segments[-1] if self._segments else None

@@ -5,16 +5,32 @@ Unreadable pages are skipped, never fatal: the caller sees only the readable pie
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import mmap
 import os
 from collections.abc import Iterator
 
+from minidumper.engines.linux import procfs
 from minidumper.engines.linux._libc import iovec, last_os_error, libc
 from minidumper.errors import AccessDeniedError, TargetExitedError
 from minidumper.model import PAGE_SIZE
 
 CHUNK_SIZE = 8 << 20
+
+
+@contextlib.contextmanager
+def address_of(buffer: mmap.mmap | bytearray) -> Iterator[int]:
+    """The address of a writable buffer, such as the mapped output, for fill().
+
+    The buffer is exported only inside the block, by one object that the block drops on every
+    path: nothing left in a traceback can then keep the mapping from closing (BufferError)."""
+    holder = (ctypes.c_char * len(buffer)).from_buffer(buffer)
+    try:
+        yield ctypes.addressof(holder)
+    finally:
+        del holder
 
 
 class ProcessMemory:
@@ -30,38 +46,39 @@ class ProcessMemory:
 
     def read(self, address: int, size: int) -> bytes:
         """The bytes at address, cut short at the first unreadable page (b"" if none)."""
-        buffer = bytearray(size)
-        count = self._read_into(address, buffer)
-        return bytes(buffer[:count])
+        buffer = ctypes.create_string_buffer(size)
+        count = self._read_to(address, ctypes.addressof(buffer), size)
+        return buffer.raw[:count]
 
     def read_pieces(self, start: int, end: int) -> Iterator[tuple[int, memoryview]]:
         """(address, bytes) for every readable piece of [start, end), in order."""
         for chunk_start in range(start, end, CHUNK_SIZE):
             chunk_end = min(chunk_start + CHUNK_SIZE, end)
-            buffer = memoryview(bytearray(chunk_end - chunk_start))
-            for address, count in self.fill(chunk_start, chunk_end, buffer):
+            buffer = ctypes.create_string_buffer(chunk_end - chunk_start)
+            view = memoryview(buffer).cast("B")
+            for address, count in self.fill(chunk_start, chunk_end, ctypes.addressof(buffer)):
                 offset = address - chunk_start
-                yield address, buffer[offset:offset + count]
+                yield address, view[offset:offset + count]
 
-    def fill(self, start: int, end: int, destination: memoryview) -> Iterator[tuple[int, int]]:
-        """Reads [start, end) into destination, byte for byte at the same offsets.
-
-        Yields (address, length) of each readable run; what lies between runs is left as it was.
+    def fill(self, start: int, end: int, destination: int) -> Iterator[tuple[int, int]]:
+        """Reads [start, end) to the memory at address destination, byte for byte at the same
+        offsets. Yields (address, length) of each readable run; what lies between runs is left
+        as it was. A target that dies meanwhile raises TargetExitedError, never a dump with holes.
         """
         address = start
         while address < end:
             size = min(CHUNK_SIZE, end - address)
-            offset = address - start
-            count = self._read_into(address, destination[offset:offset + size])
+            count = self._read_to(address, destination + address - start, size)
             if count > 0:
                 yield address, count
                 address += count
                 continue
+            self._raise_if_exited()
             # Something in this chunk faults: go page by page to keep what can be read.
             run_start = run_end = address
             for page in range(address, address + size, PAGE_SIZE):
                 page_end = min(page + PAGE_SIZE, address + size)
-                if self._read_into(page, destination[page - start:page_end - start]) == page_end - page:
+                if self._read_to(page, destination + page - start, page_end - page) == page_end - page:
                     if run_end != page:
                         run_start = page
                     run_end = page_end
@@ -72,16 +89,18 @@ class ProcessMemory:
                 yield run_start, run_end - run_start
             address += size
 
-    def _read_into(self, address: int, buffer: bytearray | memoryview) -> int:
-        if not buffer:
+    def _raise_if_exited(self) -> None:
+        if not procfs.alive(self.pid):
+            raise TargetExitedError(f"process {self.pid} exited mid-dump")
+
+    def _read_to(self, address: int, pointer: int, size: int) -> int:
+        if size <= 0:
             return 0
         if self._use_proc_mem:
-            return self._pread(address, buffer)
-        c_buffer = (ctypes.c_char * len(buffer)).from_buffer(buffer)
-        local = iovec(ctypes.addressof(c_buffer), len(buffer))
-        remote = iovec(address, len(buffer))
+            return self._pread(address, pointer, size)
+        local = iovec(pointer, size)
+        remote = iovec(address, size)
         count = libc.process_vm_readv(self.pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
-        del c_buffer
         if count >= 0:
             return count
         err = ctypes.get_errno()
@@ -89,22 +108,28 @@ class ProcessMemory:
             return 0
         if err == errno.ESRCH:
             raise TargetExitedError(f"process {self.pid} exited mid-dump")
-        if err in (errno.ENOSYS, errno.EPERM):
+        if err in (errno.ENOSYS, errno.EPERM, errno.EACCES):
+            self._raise_if_exited()   # a process on its way out refuses too
             self._use_proc_mem = True
-            return self._pread(address, buffer)
+            return self._pread(address, pointer, size)
         raise last_os_error("process_vm_readv", self.pid)
 
-    def _pread(self, address: int, buffer: bytearray | memoryview) -> int:
+    def _pread(self, address: int, pointer: int, size: int) -> int:
         if self._mem_fd is None:
             try:
                 self._mem_fd = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
             except PermissionError as error:
+                self._raise_if_exited()
                 raise AccessDeniedError(f"cannot read the memory of process {self.pid}") from error
-            except FileNotFoundError as error:
+            except (FileNotFoundError, ProcessLookupError) as error:
                 raise TargetExitedError(f"process {self.pid} exited mid-dump") from error
+        # A view of raw memory, not an export of the caller's buffer.
+        target = memoryview((ctypes.c_char * size).from_address(pointer)).cast("B")
         try:
-            return os.preadv(self._mem_fd, [buffer], address)
+            return os.preadv(self._mem_fd, [target], address)
         except OSError as error:
             if error.errno == errno.ESRCH:
                 raise TargetExitedError(f"process {self.pid} exited mid-dump") from error
             return 0
+        finally:
+            target.release()

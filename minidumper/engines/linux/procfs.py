@@ -11,8 +11,33 @@ def _proc(pid: int, name: str) -> str:
     return f"/proc/{pid}/{name}"
 
 
+PF_KTHREAD = 0x00200000     # the flags field of /proc/PID/stat: a kernel thread
+
+
 def exists(pid: int) -> bool:
     return os.path.exists(_proc(pid, "stat"))
+
+
+def alive(pid: int) -> bool:
+    """True while the process (or thread) runs: it exists and is neither a zombie nor dead.
+
+    The one liveness test: a failure in the middle of a dump is blamed on the target's exit only
+    when this says so."""
+    try:
+        return state(pid) not in ("Z", "X", "x")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    except OSError:
+        return exists(pid)
+
+
+def thread_group_id(tid: int) -> int:
+    """The process (thread group) a task id belongs to: itself for a process id."""
+    return int(status_fields(tid).get("Tgid", tid))
+
+
+def is_kernel_thread(pid: int) -> bool:
+    return bool(int(stat_fields(pid)[6]) & PF_KTHREAD)
 
 
 def task_ids(pid: int) -> list[int]:
@@ -73,6 +98,22 @@ def stat_fields(pid: int) -> list[str]:
 
 def state(pid: int) -> str:
     return stat_fields(pid)[0]
+
+
+def thread_state(pid: int, tid: int) -> str:
+    """The state letter of one thread; "" when it is gone."""
+    try:
+        raw = read_bytes(pid, f"task/{tid}/stat").decode(errors="replace")
+    except OSError:
+        return ""
+    return raw[raw.rindex(")") + 2:].split()[0]
+
+
+def thread_name(pid: int, tid: int) -> str:
+    try:
+        return read_bytes(pid, f"task/{tid}/comm").decode(errors="replace").strip()
+    except OSError:
+        return ""
 
 
 def all_pids() -> list[int]:

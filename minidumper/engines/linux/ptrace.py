@@ -1,8 +1,8 @@
 """Pausing a whole thread group with PTRACE_SEIZE and PTRACE_INTERRUPT, never SIGSTOP.
 
 A seized tracee resumes by itself if the tracer dies, so even a kill -9 of the dumper leaves the
-target running. Every ptrace request must come from the thread that seized: keep all of this on one
-thread.
+target running. Every ptrace request must come from the thread that seized: all of them go through
+one TracerThread, which ends with the pause.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 from minidumper.engines.linux import procfs
 from minidumper.engines.linux._libc import iovec, last_os_error, libc
-from minidumper.errors import AccessDeniedError, TargetExitedError, TargetNotFoundError
+from minidumper.engines.linux.tracer_thread import TracerThread
+from minidumper.errors import (
+    AccessDeniedError, PauseFailedError, TargetExitedError, TargetNotFoundError)
 
 log = logging.getLogger(__name__)
 
@@ -38,26 +40,63 @@ XSTATE_MAX_SIZE = 16384
 REG_RIP = 16
 REG_RSP = 19
 
-STOP_TIMEOUT_SECONDS = 10.0
+DEFAULT_PAUSE_TIMEOUT = 1.0     # seconds a pause may take before a thread that will not stop fails it
+EPERM_RETRY_SECONDS = 0.05      # an exiting thread refuses PTRACE_SEIZE with EPERM until it is gone
 DEFERRED_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+STOP_SIGNALS = {signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
 
 
 @dataclass
 class HeldThread:
     tid: int
+    stopped: bool = False
     pending_signal: int = 0   # a signal that arrived while we stopped it: delivered on detach
 
 
 class ThreadGroupTracer:
-    """Holds every thread of one process stopped, until resume()."""
+    """Holds every thread of one process stopped, until resume().
 
-    def __init__(self, pid: int) -> None:
+    Every ptrace request goes through one TracerThread, which ends in resume(): the kernel then
+    releases whatever thread is still attached, even one that stops only later.
+    """
+
+    def __init__(self, pid: int, pause_timeout: float = DEFAULT_PAUSE_TIMEOUT) -> None:
         self.pid = pid
+        self.pause_timeout = pause_timeout
         self.held: dict[int, HeldThread] = {}
+        self.died_while_held = False     # a stopped thread was gone at resume: the target was killed
         self._gone: set[int] = set()
+        self._thread: TracerThread | None = None
 
     def pause(self) -> None:
-        """Seize and interrupt every thread, until no new thread shows up."""
+        """Seize and interrupt every thread, until no new thread shows up. Raises
+        PauseFailedError when a thread does not stop within pause_timeout (the caller resumes)."""
+        self._thread = TracerThread()
+        self._thread.call(self._pause)
+
+    def get_regset(self, tid: int, note_type: int, size: int) -> bytes | None:
+        """One register set of a stopped thread; None where the kernel has no such set."""
+        return self._thread.call(self._get_regset, tid, note_type, size)
+
+    def resume(self) -> None:
+        """Detach from every held thread and end the tracer thread. Never raises: the target's
+        freedom comes first. Ctrl-C and SIGTERM wait until every thread is detached."""
+        if self._thread is None:
+            return
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, DEFERRED_SIGNALS)
+        try:
+            self._thread.call(self._detach_all)
+        except Exception:   # resume must not fail; ending the tracer thread releases them all
+            log.warning("detaching from process %d failed", self.pid, exc_info=True)
+        finally:
+            self._thread.close()
+            self._thread = None
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    # Below: on the tracer thread only.
+
+    def _pause(self) -> None:
+        deadline = time.monotonic() + self.pause_timeout
         while True:
             try:
                 tids = procfs.task_ids(self.pid)
@@ -69,30 +108,48 @@ class ThreadGroupTracer:
             seized = [t for t in new if self._seize(t)]
             for tid in seized:
                 self._interrupt(tid)
-            self._wait_for_stops(seized)
-        if not self.held:
+            self._wait_for_stops(deadline)
+        if not self.held or not procfs.alive(self.pid):
             raise TargetExitedError(f"process {self.pid} exited while being paused")
 
     def _seize(self, tid: int) -> bool:
-        if libc.ptrace(PTRACE_SEIZE, tid, None, None) == 0:
-            self.held[tid] = HeldThread(tid)
-            return True
-        err = ctypes.get_errno()
-        if err == errno.ESRCH:
-            self._gone.add(tid)
-            return False
-        if err == errno.EPERM:
-            raise self._permission_error() from None
-        raise last_os_error("PTRACE_SEIZE", tid)
+        """True once held; False for a thread that is gone (or exiting, which refuses with EPERM)."""
+        give_up = time.monotonic() + EPERM_RETRY_SECONDS
+        while True:
+            if libc.ptrace(PTRACE_SEIZE, tid, None, None) == 0:
+                self.held[tid] = HeldThread(tid)
+                return True
+            err = ctypes.get_errno()
+            if err == errno.ESRCH:
+                self._gone.add(tid)
+                return False
+            if err != errno.EPERM:
+                raise last_os_error("PTRACE_SEIZE", tid)
+            # EPERM is also the answer of a thread, or a whole process, on its way out.
+            if not procfs.alive(self.pid):
+                raise TargetExitedError(f"process {self.pid} exited while being paused")
+            if procfs.thread_state(self.pid, tid) in ("", "Z", "X", "x"):
+                self._gone.add(tid)
+                return False
+            if time.monotonic() > give_up:
+                raise self._permission_error()
+            time.sleep(0.002)
 
     def _permission_error(self) -> Exception:
         try:
             tracer = int(procfs.status_fields(self.pid).get("TracerPid", "0"))
+            kernel_thread = procfs.is_kernel_thread(self.pid)
         except OSError:
-            return TargetNotFoundError(f"process {self.pid} does not exist")
+            return TargetExitedError(f"process {self.pid} exited while being paused")
         if tracer:
             return AccessDeniedError(
                 f"process {self.pid} is already traced by process {tracer} (a debugger?)")
+        if kernel_thread:
+            return TargetNotFoundError(f"process {self.pid} is a kernel thread, not a user process")
+        if os.geteuid() == 0:
+            return AccessDeniedError(
+                f"the kernel refuses to trace process {self.pid} even to root: "
+                "/proc/sys/kernel/yama/ptrace_scope is 3, or a security module forbids it")
         return AccessDeniedError(
             f"access denied to process {self.pid}: run as its user or as root, "
             "and check /proc/sys/kernel/yama/ptrace_scope")
@@ -103,49 +160,62 @@ class ThreadGroupTracer:
                 return   # the wait below sees it gone
             raise last_os_error("PTRACE_INTERRUPT", tid)
 
-    def _wait_for_stops(self, tids: list[int]) -> None:
-        """Waits until each thread is stopped or gone.
+    def _wait_for_stops(self, deadline: float) -> None:
+        """Waits until each held thread is stopped or gone, until the deadline.
 
         All at once, not one by one: a dying leader is reported only after every other thread
         has been collected, so waiting for it first would wait forever.
         """
-        pending = set(tids)
-        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
         delay = 0.0001
-        while pending:
-            for tid in sorted(pending):
-                if self._poll_stop(tid):
-                    pending.discard(tid)
+        while True:
+            pending = [t.tid for t in self.held.values() if not t.stopped]
+            for tid in pending:
+                self._poll_stop(tid)
+            pending = [t.tid for t in self.held.values() if not t.stopped]
             if not pending:
                 return
             # Threads stopped earlier may have died since (the target was killed): collect them,
             # or the leader's death is never reported.
-            for tid in sorted(set(self.held) - pending):
-                self._collect_if_dead(tid)
+            for thread in list(self.held.values()):
+                if thread.stopped:
+                    self._collect_if_dead(thread.tid)
             if time.monotonic() > deadline:
-                raise TargetExitedError(
-                    f"threads {sorted(pending)} of process {self.pid} did not stop within "
-                    f"{STOP_TIMEOUT_SECONDS:.0f} s")
+                self._fail_pause(pending)
             time.sleep(delay)
-            delay = min(delay * 2, 0.01)
+            delay = min(delay * 2, 0.005)
 
-    def _poll_stop(self, tid: int) -> bool:
-        """True once the thread is stopped (and held) or gone (and forgotten)."""
+    def _fail_pause(self, pending: list[int]) -> None:
+        if not procfs.alive(self.pid):
+            raise TargetExitedError(f"process {self.pid} exited while being paused")
+        stuck = [tid for tid in pending if procfs.thread_state(self.pid, tid) not in ("", "Z", "X")]
+        if not stuck:
+            return   # they were on their way out; the next poll forgets them
+        described = ", ".join(
+            f"{tid} ({procfs.thread_name(self.pid, tid) or '?'}, state "
+            f"{procfs.thread_state(self.pid, tid) or '?'})" for tid in stuck)
+        noun = "thread" if len(stuck) == 1 else "threads"
+        raise PauseFailedError(
+            f"{noun} {described} of process {self.pid} did not stop within "
+            f"{self.pause_timeout:g} s (uninterruptible sleep, or frozen by a cgroup freezer such "
+            "as docker pause); every thread was resumed")
+
+    def _poll_stop(self, tid: int) -> None:
+        """Marks the thread stopped once it is (or forgets it once it is gone)."""
         try:
             waited, status = os.waitpid(tid, os.WNOHANG | WALL)
         except ChildProcessError:
             self._forget(tid)
-            return True
+            return
         if waited != tid:
-            return False
+            return
         if os.WIFEXITED(status) or os.WIFSIGNALED(status):
             self._forget(tid)
-            return True
+            return
+        self.held[tid].stopped = True
         if os.WIFSTOPPED(status) and status >> 16 != PTRACE_EVENT_STOP:
             # A signal-delivery stop: the thread is stopped all the same. Keep the signal, so
             # that detaching delivers it as if we had never been here.
             self.held[tid].pending_signal = os.WSTOPSIG(status)
-        return True
 
     def _collect_if_dead(self, tid: int) -> None:
         try:
@@ -160,8 +230,7 @@ class ThreadGroupTracer:
         self.held.pop(tid, None)
         self._gone.add(tid)
 
-    def get_regset(self, tid: int, note_type: int, size: int) -> bytes | None:
-        """One register set of a stopped thread; None where the kernel has no such set."""
+    def _get_regset(self, tid: int, note_type: int, size: int) -> bytes | None:
         buffer = ctypes.create_string_buffer(size)
         vector = iovec(ctypes.cast(buffer, ctypes.c_void_p), size)
         if libc.ptrace(PTRACE_GETREGSET, tid, ctypes.c_void_p(note_type), ctypes.byref(vector)) != 0:
@@ -173,22 +242,18 @@ class ThreadGroupTracer:
             raise last_os_error("PTRACE_GETREGSET", tid)
         return buffer.raw[:vector.iov_len]
 
-    def resume(self) -> None:
-        """Detach from every held thread. Never raises: the target's freedom comes first.
-
-        Ctrl-C and SIGTERM wait until every thread is detached, so that none is left behind.
-        """
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, DEFERRED_SIGNALS)
-        try:
-            self._detach_all()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-
     def _detach_all(self) -> None:
         for thread in list(self.held.values()):
+            if not thread.stopped:
+                self._poll_stop(thread.tid)   # one that stopped late goes now; the others when
+                if not thread.stopped:        # this thread ends
+                    self.held.pop(thread.tid, None)
+                    continue
             if libc.ptrace(PTRACE_DETACH, thread.tid, None, ctypes.c_void_p(thread.pending_signal)) != 0:
                 err = ctypes.get_errno()
                 if err == errno.ESRCH:
+                    # Only SIGKILL makes a stopped tracee run: the target was killed meanwhile.
+                    self.died_while_held = True
                     self._reap(thread.tid)
                 else:
                     log.warning("could not detach thread %d: %s", thread.tid, os.strerror(err))

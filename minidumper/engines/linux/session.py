@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import struct
 import time
 from collections.abc import Iterator
@@ -10,8 +11,8 @@ from collections.abc import Iterator
 from minidumper.engines.linux import namespaces, procfs
 from minidumper.engines.linux.memory import ProcessMemory
 from minidumper.engines.linux.ptrace import (
-    NT_PRFPREG, NT_PRSTATUS, NT_X86_XSTATE, REG_RIP, REG_RSP, USER_FPREGS_SIZE, USER_REGS_SIZE,
-    XSTATE_MAX_SIZE, ThreadGroupTracer)
+    DEFAULT_PAUSE_TIMEOUT, NT_PRFPREG, NT_PRSTATUS, NT_X86_XSTATE, REG_RIP, REG_RSP, STOP_SIGNALS,
+    USER_FPREGS_SIZE, USER_REGS_SIZE, XSTATE_MAX_SIZE, ThreadGroupTracer)
 from minidumper.errors import AccessDeniedError, MinidumperError, TargetExitedError
 from minidumper.model import MemoryRange, ProcessSnapshot, ThreadState
 
@@ -21,36 +22,57 @@ PIECE = tuple[int, memoryview]
 
 
 class PausedProcess:
-    """Context manager: the target is stopped inside, and always resumed on the way out."""
+    """Context manager: the target is stopped inside, and always resumed on the way out.
 
-    def __init__(self, pid: int) -> None:
+    While the target is held, Ctrl-Z (SIGTSTP), SIGTTIN and SIGTTOU wait: the dumper stops for
+    them only once the target runs again.
+    """
+
+    def __init__(self, pid: int, pause_timeout: float = DEFAULT_PAUSE_TIMEOUT) -> None:
         self.pid = pid
         self.memory = ProcessMemory(pid)
-        self._tracer = ThreadGroupTracer(pid)
+        self._tracer = ThreadGroupTracer(pid, pause_timeout)
         self._paused_at: float | None = None
+        self._signal_mask: set[int] | None = None
         self.paused_seconds = 0.0
 
     def __enter__(self) -> PausedProcess:
-        self._paused_at = time.monotonic()
         try:
+            self._paused_at = time.monotonic()
+            self._signal_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
             self._tracer.pause()
         except BaseException:
-            self.resume()
+            self._release()
             raise
         log.debug("paused %d threads of process %d", len(self._tracer.held), self.pid)
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.resume()
-        self.memory.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        try:
+            self._release()
+        finally:
+            self.memory.close()
+        if self._tracer.died_while_held and (exc_type is None or issubclass(exc_type, Exception)):
+            # Whatever failed while the target was being killed failed because of it.
+            raise TargetExitedError(f"process {self.pid} was killed mid-dump")
 
     def resume(self) -> None:
+        """Lets the target run again; TargetExitedError if it died while held (the memory read
+        from it may then be incomplete)."""
+        self._release()
+        if self._tracer.died_while_held:
+            raise TargetExitedError(f"process {self.pid} was killed mid-dump")
+
+    def _release(self) -> None:
         if self._paused_at is None:
             return
         self._tracer.resume()
         self.paused_seconds = time.monotonic() - self._paused_at
         self._paused_at = None
         log.debug("resumed process %d after %.3f s", self.pid, self.paused_seconds)
+        if self._signal_mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._signal_mask)   # a held Ctrl-Z acts now
+            self._signal_mask = None
 
     def snapshot(self) -> ProcessSnapshot:
         pid = self.pid
@@ -65,9 +87,11 @@ class PausedProcess:
                 nice=int(stat[16]),
                 threads=[self._thread_state(tid, namespace is not None) for tid in sorted(self._tracer.held)],
                 mappings=procfs.read_maps(pid), auxv=procfs.read_bytes(pid, "auxv"), namespace=namespace)
-        except FileNotFoundError as error:
+        except (FileNotFoundError, ProcessLookupError) as error:
             raise TargetExitedError(f"process {pid} exited mid-dump") from error
         except PermissionError as error:
+            if not procfs.alive(pid):
+                raise TargetExitedError(f"process {pid} exited mid-dump") from error
             raise AccessDeniedError(f"cannot read /proc/{pid}: {error.strerror}") from error
         return snapshot
 
