@@ -98,7 +98,8 @@ namespace ClrmdBridge
                 // The types of the methods on stacks and in exception traces, and of roots, handles
                 // and the finalizer queue; every other loaded type's slots were looked up before
                 // the pause (LoadedMethodLookups).
-                Step(warnings, "method table slots", () => methods.TouchSlots(typesTouched));
+                if (walkObjects)   // dumpmt -md is a heap question; mini answers the stacks
+                    Step(warnings, "method table slots", () => methods.TouchSlots(typesTouched));
                 Step(warnings, "assemblies", methods.TouchAssemblies);
                 methods.Release();
                 Step(warnings, "the DAC's memory regions", () => AddDacRegions(runtime, reader, memory, heap: walkObjects));

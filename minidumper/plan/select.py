@@ -94,8 +94,9 @@ def diag_info_page(runtime_base: int) -> bytes:
     return header + bytes(PAGE_SIZE - len(header))
 
 
-# What the CLR reads of a module's file: kept wherever else the file is mapped, too.
-_FILE_BYTES_KINDS = frozenset({RangeKind.MODULE_METADATA, RangeKind.READY_TO_RUN, RangeKind.DAC_ENUM})
+# What the CLR reads of a module's file through its flat mapping too (the DAC's and ClrMD's
+# metadata readers): kept wherever else the file is mapped.
+_FILE_BYTES_KINDS = frozenset({RangeKind.MODULE_METADATA})
 
 # Reasons that count only where no other reason covers a range, the last one least.
 _SECONDARY_KINDS = (RangeKind.DAC_ENUM, RangeKind.DAC_READ)
