@@ -98,8 +98,12 @@ namespace ClrmdBridge
                 // The types of the methods on stacks and in exception traces, and of roots, handles
                 // and the finalizer queue; every other loaded type's slots were looked up before
                 // the pause (LoadedMethodLookups).
-                if (walkObjects)   // dumpmt -md is a heap question; mini answers the stacks
-                    Step(warnings, "method table slots", () => methods.TouchSlots(typesTouched));
+                // dumpmt -md is a heap question; mini answers the stacks. In the pause, the types
+                // of roots and handles were done by the warm-up (its pages are kept); the types of
+                // the methods on the stacks now are done again.
+                bool warmedUp = registers.Count > 0 && LoadedMethodLookups.Has(pid, clr.ModuleInfo.ImageBase);
+                if (walkObjects)
+                    Step(warnings, "method table slots", () => methods.TouchSlots(warmedUp ? Array.Empty<ulong>() : typesTouched));
                 Step(warnings, "assemblies", methods.TouchAssemblies);
                 methods.Release();
                 Step(warnings, "the DAC's memory regions", () => AddDacRegions(runtime, reader, memory, heap: walkObjects));

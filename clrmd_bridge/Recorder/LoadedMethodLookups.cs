@@ -11,8 +11,9 @@ namespace ClrmdBridge
     /// MethodDesc map (native memory), the MethodDesc's data and code versions, its exception
     /// clauses (ReadyToRun), and each type's AssemblyLoadContext. Some tens of KiB,
     /// but O(loaded methods) DAC calls: too slow for a paused target. So the pages are found while
-    /// the target runs (the walk before the pause) and kept in this process for the walk in the
-    /// pause, which adds them without asking again; their bytes are read in the pause, like all.
+    /// the target runs (the warm-up walk before the pause) and kept in this process, with every
+    /// other page that walk read, for the walk in the pause, which adds them without asking again;
+    /// their bytes are read in the pause, like all.
     /// </summary>
     public static class LoadedMethodLookups
     {
@@ -22,6 +23,13 @@ namespace ClrmdBridge
         // types the lookups stop there, and the types left are those a debugger is least likely
         // to ask about (their modules were loaded last).
         private static readonly TimeSpan Budget = TimeSpan.FromSeconds(4);
+
+        /// <summary>Whether a walk before the pause left its pages here.</summary>
+        public static bool Has(int pid, ulong runtimeBase)
+        {
+            lock (Found)
+                return Found.ContainsKey((pid, runtimeBase));
+        }
 
         /// <param name="held">The target is paused: add what the walk before the pause found;
         /// otherwise look it up now.</param>
