@@ -77,7 +77,8 @@ def write_dump(pid: int, path: object = None, mode: DumpMode | str = DumpMode.HE
     state, a frozen cgroup) makes the dump fail with PauseFailedError, the target resumed.
 
     Safe to call from any thread, and many times in one process: the CLR is read in a process
-    of its own, ptrace stays on the calling thread, and no signal handler is installed.
+    of its own, ptrace runs on a thread of its own that ends with the pause (so the kernel
+    lets go of any thread that stops late), and no signal handler is installed.
     Raises a MinidumperError subclass, each with its exit_code, or TypeError for arguments of
     the wrong type."""
     mode = _dump_mode(mode)
