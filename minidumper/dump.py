@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import platform
 import sys
 import time
@@ -142,7 +141,7 @@ def _dump_linux(pid: int, output: OutputFile, mode: DumpMode, progress: DumpProg
 
     expected = select.expected_bytes(mode, mappings, clr_layout)
     if expected is None and clr:
-        expected = SMALL_DUMP_ESTIMATE + SMALL_DUMP_PER_THREAD * len(os.listdir(f"/proc/{pid}/task"))
+        expected = SMALL_DUMP_ESTIMATE + SMALL_DUMP_PER_THREAD * targets.thread_count(pid)
     with output:
         if expected:
             # Allocate the file's pages before the pause, so that the pause is only the copy;
