@@ -14,14 +14,17 @@ namespace ClrmdBridge
     /// </summary>
     public sealed class PageCache
     {
+        /// <summary>A read of the target's memory (Func cannot take a Span on net8.0).</summary>
+        public delegate int ReadMemory(ulong address, Span<byte> buffer);
+
         public const int BlockSize = 8 * 4096;
         private const ulong BlockMask = BlockSize - 1;
         private const int MaximumBlocks = 4096;   // 128 MiB at most; past that, reads go direct
 
-        private readonly Func<ulong, Span<byte>, int> _read;
+        private readonly ReadMemory _read;
         private readonly Dictionary<ulong, (byte[] Data, int Valid)> _blocks = new();
 
-        public PageCache(Func<ulong, Span<byte>, int> read) => _read = read;
+        public PageCache(ReadMemory read) => _read = read;
 
         public long Misses { get; private set; }
 
