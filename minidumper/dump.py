@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import platform
 import sys
 import time
@@ -81,7 +80,8 @@ def write_dump(pid: int, path: object = None, mode: DumpMode | str = DumpMode.HE
     state, a frozen cgroup) makes the dump fail with PauseFailedError, the target resumed.
 
     Safe to call from any thread, and many times in one process: the CLR is read in a process
-    of its own, ptrace stays on the calling thread, and no signal handler is installed.
+    of its own, ptrace runs on a thread of its own that ends with the pause (so the kernel
+    lets go of any thread that stops late), and no signal handler is installed.
     Raises a MinidumperError subclass, each with its exit_code, or TypeError for arguments of
     the wrong type."""
     mode = _dump_mode(mode)
@@ -141,7 +141,7 @@ def _dump_linux(pid: int, output: OutputFile, mode: DumpMode, progress: DumpProg
 
     expected = select.expected_bytes(mode, mappings, clr_layout)
     if expected is None and clr:
-        expected = SMALL_DUMP_ESTIMATE + SMALL_DUMP_PER_THREAD * len(os.listdir(f"/proc/{pid}/task"))
+        expected = SMALL_DUMP_ESTIMATE + SMALL_DUMP_PER_THREAD * targets.thread_count(pid)
     with output:
         if expected:
             # Allocate the file's pages before the pause, so that the pause is only the copy;

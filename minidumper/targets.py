@@ -68,6 +68,14 @@ def _parent(pid: int) -> str:
         return "?"
 
 
+def thread_count(pid: int) -> int:
+    """How many threads the target has now, read before pausing it."""
+    try:
+        return len(procfs.task_ids(pid))
+    except (FileNotFoundError, ProcessLookupError):
+        raise TargetExitedError(f"process {pid} exited") from None
+
+
 def mappings(pid: int) -> list[Mapping]:
     """The target's /proc/PID/maps, read before pausing it."""
     try:
