@@ -5,6 +5,10 @@ PARENT``. It loads .NET, says "ready", then answers one request at a time: (pid,
 depth, dac_path) in, a ClrReadout or an error out, each frame a length and a pickle, on the two
 inherited pipe descriptors. Its stdout and stderr are its parent's log, never the user's terminal.
 
+Until it is asked to walk a held target (one whose registers come with the request) it runs at
+idle priority (clrmd_bridge.priority), so that its work before the pause leaves the CPU to the
+target.
+
 The parent alone decides when this process ends: signals from the terminal are ignored, and it
 dies with its parent (PR_SET_PDEATHSIG), even when the parent is killed with SIGKILL.
 """
@@ -20,8 +24,9 @@ import time
 from .frames import read_frame, write_frame
 
 PR_SET_PDEATHSIG = 1
-# A test-only fault: "DEPTH:FAULT" makes the worker fail on purpose when asked for that depth
-# ("load" at start-up). FAULT is segv, abort, exit or hang.
+# A test-only fault: "DEPTH:FAULT" makes the worker fail on purpose when asked to walk a held
+# target at that depth ("warm-up": the walk before the pause; "load": at start-up). FAULT is
+# segv, abort, exit or hang.
 FAULT_VARIABLE = "MINIDUMPER_TEST_BRIDGE_FAULT"
 
 
@@ -52,7 +57,11 @@ def main(argv: list[str]) -> int:
                    signal.SIGTTIN, signal.SIGTTOU, signal.SIGPIPE):
         signal.signal(signum, signal.SIG_IGN)
     _die_with(parent)
+    from .priority import Priority
 
+    # Low until a walk of a held target: loading .NET and the warm-up yield the CPU to the target.
+    priority = Priority()
+    priority.lower()
     from . import errors, host, runtime
 
     try:
@@ -64,7 +73,12 @@ def main(argv: list[str]) -> int:
     write_frame(replies, ("ready", os.getpid()))
     while (request := read_frame(requests)) is not None:
         pid, registers, depth, dac_path = request
-        _inject_fault(depth)
+        # Registers come only from a target that our engine holds: the pause waits for this walk.
+        if registers:
+            priority.normal()
+        else:
+            priority.lower()
+        _inject_fault(depth if registers else "warm-up")
         try:
             readout = runtime.read_clr(pid, registers, depth, dac_path=dac_path)
         except errors.ClrBridgeError as error:

@@ -1,7 +1,7 @@
 """The CLR walk, as the dump sees it: the bridge's process, its failures turned into ours.
 
-Before the pause the walk is an estimate only (where the CLR's heaps are, to size the output):
-losing it, even to a crash of the DAC, loses nothing else. Inside the pause a failure is the
+Before the pause the walk is a warm-up, and an estimate (where the CLR's heaps are, to size the
+output): losing it, even to a crash of the DAC, loses nothing else. Inside the pause a failure is the
 dump's failure, reported with its own exit code once the target is resumed.
 """
 
@@ -17,7 +17,9 @@ from minidumper.errors import (
 log = logging.getLogger(__name__)
 
 WALK_TIMEOUT_SECONDS = 30.0      # a DAC that loops must not hold the target paused for longer
-LAYOUT_TIMEOUT_SECONDS = 30.0
+# The warm-up walks a target that changes under it, at idle priority: a loop there costs the dump
+# only this long (then the walk in the pause runs cold).
+WARM_UP_TIMEOUT_SECONDS = 10.0
 
 CLR_RANGE = tuple[int, int, str]
 
@@ -48,13 +50,18 @@ class ClrWalk:
     def close(self) -> None:
         self._process.close()
 
-    def layout(self) -> list[CLR_RANGE]:
-        """Where the CLR's heaps are, read from the running target. A target with no CLR fails
-        here, unpaused, and so does a bridge that cannot start; any other failure only loses the
-        estimate (and a crashed worker is replaced for the walk in the pause)."""
+    def warm_up(self, depth: str) -> list[CLR_RANGE]:
+        """The walk of the pause, done once on the running target, at idle priority, before the
+        pause: the pause then pays no first-call cost (JIT, ClrMD's and the DAC's start-up).
+        Its ranges are an estimate of the CLR's heaps (to size the output). A target with no CLR
+        fails here, unpaused, and so does a bridge that cannot start; any other failure loses
+        only the warm-up (a crashed or hung worker is replaced, and loads .NET now, not in the
+        pause)."""
         bridge = self._bridge
+        # A measuring knob (bench/): "layout" reads only the CLR's heaps, as before the warm-up.
+        depth = os.environ.get("MINIDUMPER_WARM_UP_DEPTH", depth)
         try:
-            return self._read({}, "layout", LAYOUT_TIMEOUT_SECONDS)
+            return self._read({}, depth, WARM_UP_TIMEOUT_SECONDS)
         except bridge.NoClrRuntimeError as error:
             self._raise_if_gone()
             raise NotDotnetError(f"{error}; --full still dumps any process") from error
@@ -62,16 +69,16 @@ class ClrWalk:
             raise RuntimeBridgeError(f"cannot start the CLR bridge: {error}") from error
         except bridge.BridgeCrashedError as error:
             self._raise_if_gone()
-            log.debug("no estimate of the CLR's heaps (%s); starting the bridge again", error)
+            log.debug("no warm-up of the CLR walk (%s); starting the bridge again", error)
             self._process.close()
             self._process = bridge.ClrWalkerProcess()
-            try:   # .NET loads now, not in the pause
+            try:
                 self._process.wait_ready()
             except bridge.BridgeLoadError as load_error:
                 raise RuntimeBridgeError(f"cannot start the CLR bridge: {load_error}") from error
         except bridge.ClrBridgeError as error:
             self._raise_if_gone()
-            log.debug("no estimate of the CLR's heaps: %s", error)
+            log.debug("no warm-up of the CLR walk: %s", error)
         return []
 
     def walk(self, thread_registers: dict[int, bytes], depth: str) -> list[CLR_RANGE]:

@@ -40,7 +40,7 @@ def run_with_fault(app, path: Path, mode: str, fault: str) -> subprocess.Complet
                           env={**os.environ, "MINIDUMPER_TEST_BRIDGE_FAULT": fault})
 
 
-@pytest.mark.parametrize("fault", ["layout:segv", "layout:abort", "layout:exit"])
+@pytest.mark.parametrize("fault", ["warm-up:segv", "warm-up:abort", "warm-up:exit"])
 def test_a_crash_before_the_pause_only_loses_the_estimate(heap_app, tmp_path, fault):
     core = tmp_path / "app.core"
     result = run_with_fault(heap_app, core, "heap", fault)
@@ -92,7 +92,7 @@ def test_the_worker_dies_with_a_killed_dumper(heap_app, tmp_path):
     dumper = subprocess.Popen([*MINIDUMPER, "--pid", str(heap_app.pid), "-f", str(tmp_path / "x"),
                                "--heap"], cwd=REPO, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL,
-                              env={**os.environ, "MINIDUMPER_TEST_BRIDGE_FAULT": "layout:hang"})
+                              env={**os.environ, "MINIDUMPER_TEST_BRIDGE_FAULT": "warm-up:hang"})
     deadline = time.monotonic() + 60
     while not bridge_workers_of(dumper.pid) and time.monotonic() < deadline:
         time.sleep(0.05)

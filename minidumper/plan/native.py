@@ -138,7 +138,9 @@ def _eh_frame(read: ReadMemory, hdr_address: int) -> Iterator[MemoryRange]:
         yield pages(eh_frame, eh_frame + PAGE_SIZE, RangeKind.MODULE_HEADER)
         return
     table = read(hdr_address + offset, min(count, 1 << 20) * 8)
-    fde_offsets = [struct.unpack_from("<i", table, i + 4)[0] for i in range(0, len(table) - 7, 8)]
+    # (initial location, FDE offset) pairs of int32; libcoreclr has tens of thousands, and this
+    # runs in the pause: read the offsets at C speed.
+    fde_offsets = memoryview(table[:len(table) // 8 * 8]).cast("i")[1::2]
     last_fde = hdr_address + max(fde_offsets, default=0)
     end = min(max(last_fde + PAGE_SIZE, eh_frame + PAGE_SIZE), eh_frame + MAX_EH_FRAME_BYTES)
     yield pages(eh_frame, end, RangeKind.MODULE_HEADER)
