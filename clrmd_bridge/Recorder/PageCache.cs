@@ -18,10 +18,14 @@ namespace ClrmdBridge
         private const ulong BlockMask = BlockSize - 1;
         private const int MaximumBlocks = 4096;   // 128 MiB at most; past that, reads go direct
 
-        private readonly Func<ulong, Span<byte>, int> _read;
+        /// <summary>The inner read. A delegate of its own: net8.0 (the bridge's target) cannot
+        /// put a Span in a Func's type arguments; .NET 9 first allows ref structs there.</summary>
+        public delegate int MemoryRead(ulong address, Span<byte> buffer);
+
+        private readonly MemoryRead _read;
         private readonly Dictionary<ulong, (byte[] Data, int Valid)> _blocks = new();
 
-        public PageCache(Func<ulong, Span<byte>, int> read) => _read = read;
+        public PageCache(MemoryRead read) => _read = read;
 
         public long Misses { get; private set; }
 
