@@ -14,18 +14,17 @@ namespace ClrmdBridge
     /// </summary>
     public sealed class PageCache
     {
+        /// <summary>A read of the target's memory (Func cannot take a Span on net8.0).</summary>
+        public delegate int ReadMemory(ulong address, Span<byte> buffer);
+
         public const int BlockSize = 8 * 4096;
         private const ulong BlockMask = BlockSize - 1;
         private const int MaximumBlocks = 4096;   // 128 MiB at most; past that, reads go direct
 
-        /// <summary>The inner read. A delegate of its own: net8.0 (the bridge's target) cannot
-        /// put a Span in a Func's type arguments; .NET 9 first allows ref structs there.</summary>
-        public delegate int MemoryRead(ulong address, Span<byte> buffer);
-
-        private readonly MemoryRead _read;
+        private readonly ReadMemory _read;
         private readonly Dictionary<ulong, (byte[] Data, int Valid)> _blocks = new();
 
-        public PageCache(MemoryRead read) => _read = read;
+        public PageCache(ReadMemory read) => _read = read;
 
         public long Misses { get; private set; }
 
