@@ -35,8 +35,13 @@ def installed(tmp_path_factory):
     if shutil.which("dotnet") is None:
         pytest.skip("building the wheel needs the .NET SDK")
     work = tmp_path_factory.mktemp("wheel")
+    # The sdist is made from a copy, so that its by-products (egg-info) stay out of the repository.
+    copy = work / "repository"
+    shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".build", "_dotnet", "bin", "obj", "__pycache__", "*.egg-info",
+        ".pytest_cache", "build", "dist"))
     run([SYSTEM_PYTHON, "-c", f"from setuptools import build_meta; build_meta.build_sdist({str(work)!r})"],
-        cwd=REPO)
+        cwd=copy)
     [sdist] = work.glob("minidumper-*.tar.gz")
     with tarfile.open(sdist) as archive:
         sdist_names = archive.getnames()
