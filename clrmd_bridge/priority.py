@@ -1,16 +1,15 @@
-"""How the bridge's process shares the CPU with the target before the pause.
+"""How the bridge's process shares the CPU with the target before the pause: measured, and left
+at normal priority by default.
 
 Before the pause the target runs and the bridge's work (loading .NET, the warm-up walk) competes
-with it; inside the pause the target waits for the walk. So until a walk of a held target starts,
-the process runs at a lower class, then at normal priority again.
-
-The default is SCHED_BATCH: the same share of the CPU, but a waking thread of the target is never
-preempted for the bridge. Measured on a loaded 2-core VM (bench/), harder lowering was worse on
-every count: at SCHED_IDLE with the autogroup at nice 19 (the process has its own session, so
-its own autogroup, which is what the target's group competes with) the bridge starved behind
-other load (.NET took up to 60 s to start), and the walk in the pause, set back to normal, still
-ran 5-15x slower (its lag from the idle weight carried over). MINIDUMPER_BRIDGE_PRIORITY picks
-"batch" (default), "idle" (needs CAP_SYS_NICE to return; otherwise batch) or "normal".
+with it; inside the pause the target waits for the walk. Lowering the bridge until a walk of a
+held target starts, then raising it again, was measured on a loaded 2-core VM (bench/) and was
+worse on every count. At SCHED_IDLE with the autogroup at nice 19 (the process has its own
+session, so its own autogroup, which is what the target's group competes with) the bridge starved
+behind other load (.NET took up to 60 s to start), and the walk in the pause, set back to normal,
+still ran 5-15x slower. SCHED_BATCH (the same share, no wakeup preemption of the target)
+lengthened every pause and removed no gaps. MINIDUMPER_BRIDGE_PRIORITY keeps them for measuring:
+"normal" (default), "batch", "idle" (needs CAP_SYS_NICE to return; otherwise batch).
 """
 
 from __future__ import annotations

@@ -5,9 +5,8 @@ PARENT``. It loads .NET, says "ready", then answers one request at a time: (pid,
 depth, dac_path) in, a ClrReadout or an error out, each frame a length and a pickle, on the two
 inherited pipe descriptors. Its stdout and stderr are its parent's log, never the user's terminal.
 
-Until it is asked to walk a held target (one whose registers come with the request) it runs at
-idle priority (clrmd_bridge.priority), so that its work before the pause leaves the CPU to the
-target.
+Its scheduling class before and during the pause is clrmd_bridge.priority's (normal unless
+MINIDUMPER_BRIDGE_PRIORITY says otherwise, for measuring).
 
 The parent alone decides when this process ends: signals from the terminal are ignored, and it
 dies with its parent (PR_SET_PDEATHSIG), even when the parent is killed with SIGKILL.
@@ -59,7 +58,7 @@ def main(argv: list[str]) -> int:
     _die_with(parent)
     from .priority import Priority
 
-    # Low until a walk of a held target: loading .NET and the warm-up yield the CPU to the target.
+    # Lowered (when asked to, for measuring) until a walk of a held target.
     priority = Priority()
     priority.lower()
     from . import errors, host, runtime

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -65,7 +66,7 @@ def start(app_args: list[str], *, chroot_root: Path | None = None,
           env: dict[str, str] | None = None) -> Container:
     """Starts `dotnet app_args...` (the first one a .dll) in new pid and mount namespaces."""
     if chroot_root is None:
-        script = 'mount -t tmpfs minidumper-test-tmp /tmp && exec "$@"'
+        script = _private_tmp_script()
         argv = ["dotnet", *app_args]
     else:
         assert not os.path.exists(HIDDEN_DOTNET), f"{HIDDEN_DOTNET} must not exist on the host"
@@ -83,6 +84,19 @@ def start(app_args: list[str], *, chroot_root: Path | None = None,
     except BaseException:
         stop_launcher(launcher)
         raise
+
+
+def _private_tmp_script() -> str:
+    """A tmpfs on /tmp, as a container has; a repository that lives under /tmp (a CI clone) is
+    carried over it, through a mount of its own on /mnt."""
+    if not str(REPO).startswith("/tmp/"):
+        return 'mount -t tmpfs minidumper-test-tmp /tmp && exec "$@"'
+    repo = shlex.quote(str(REPO))
+    return " && ".join([
+        "mount -t tmpfs minidumper-test-keep /mnt", "mkdir /mnt/repo", f"mount --bind {repo} /mnt/repo",
+        "mount -t tmpfs minidumper-test-tmp /tmp", f"mkdir -p {repo}", f"mount --move /mnt/repo {repo}",
+        "umount /mnt", 'exec "$@"',
+    ])
 
 
 def _chroot_script(root: Path, app_dir: Path) -> str:
