@@ -28,6 +28,7 @@ class RangeKind(enum.Enum):
     RUNTIME_DATA = "runtime-data"      # libcoreclr's writable data and bss
     PE_HEADER = "pe-header"            # first page of a managed assembly image
     MODULE_METADATA = "module-metadata"  # a managed assembly's metadata: type and member names
+    READY_TO_RUN = "ready-to-run"      # a ReadyToRun image's tables: code ranges, entry points, types
     GC_HEAP = "gc-heap"
     HANDLE_TABLE = "handle-table"
     LOADER_HEAP = "loader-heap"
@@ -35,6 +36,7 @@ class RangeKind(enum.Enum):
     STUB_HEAP = "stub-heap"            # stub and precode heaps
     GC_BOOKKEEPING = "gc-bookkeeping"
     DAC_READ = "dac-read"              # what the runtime's DAC read while ClrMD walked the process
+    DAC_ENUM = "dac-enum"              # what the DAC's EnumMemoryRegions reported or read to find it
     DIAG_INFO = "diag-info"            # the synthetic page that tells readers where the runtime is
 
 

@@ -37,6 +37,9 @@ namespace ClrmdBridge
     public static class ClrMemoryWalker
     {
         public const string DacRead = "DacRead";
+        public const string DacEnumMemory = "DacEnumMemory";
+        public const string ReadyToRunSection = "ReadyToRunSection";
+        public const string DacReadOfLoadedMethods = "DacReadOfLoadedMethods";
         public const string JitCodeHeap = "JitCodeHeap";
         public const string ModuleImage = "ModuleImage";
         public const string ModuleMetadata = "ModuleMetadata";
@@ -77,12 +80,39 @@ namespace ClrmdBridge
             List<string> warnings = new();
             string version = RuntimeVersionReader.Read(reader, clr.ModuleInfo.ImageBase)
                 ?? (clr.Version.Major != 0 ? clr.Version.ToString() : "");
-            (int threadsWalked, int managedFrames) = walkStacks ? WalkThreads(runtime, warnings) : (0, 0);
+            MethodToucher? methods = walkStacks ? new MethodToucher(runtime) : null;
+            (int threadsWalked, int managedFrames) = methods is not null ? WalkThreads(runtime, warnings, methods) : (0, 0);
             Step(warnings, "modules", () => ListModules(runtime, memory));
             if (listMemory)
+                Step(warnings, "ReadyToRun sections", () =>
+                {
+                    foreach (ClrModule module in runtime.EnumerateModules())
+                        foreach ((ulong start, ulong end) in ReadyToRunSections.Of(reader, module))
+                            memory.Add(start, end, ReadyToRunSection);
+                });
+            if (listMemory)
                 ListClrMemory(runtime, memory, warnings);
-            if (walkObjects)
-                TouchTypes(runtime, warnings);
+            IReadOnlyCollection<ulong> typesTouched = walkObjects ? TouchTypes(runtime, warnings, methods!) : Array.Empty<ulong>();
+            if (methods is not null)
+            {
+                // The types of the methods on stacks and in exception traces, and of roots, handles
+                // and the finalizer queue; every other loaded type's slots were looked up before
+                // the pause (LoadedMethodLookups).
+                // dumpmt -md is a heap question; mini answers the stacks. In the pause, the types
+                // of roots and handles were done by the warm-up (its pages are kept); the types of
+                // the methods on the stacks now are done again.
+                bool warmedUp = registers.Count > 0 && LoadedMethodLookups.Has(pid, clr.ModuleInfo.ImageBase);
+                if (walkObjects)
+                    Step(warnings, "method table slots", () => methods.TouchSlots(warmedUp ? Array.Empty<ulong>() : typesTouched));
+                Step(warnings, "assemblies", methods.TouchAssemblies);
+                methods.Release();
+                Step(warnings, "the DAC's memory regions", () => AddDacRegions(runtime, reader, memory, heap: walkObjects));
+            }
+
+            if (listMemory)   // heap, and the look before the pause
+                Step(warnings, "method lookups of loaded types", () => LoadedMethodLookups.Add(
+                    pid, clr.ModuleInfo.ImageBase, runtime, reader, held: registers.Count > 0,
+                    (start, end) => memory.Add(start, end, DacReadOfLoadedMethods)));
 
             foreach ((ulong start, ulong end) in reader.Reads.ToMergedList())
                 memory.Add(start, end, DacRead);
@@ -128,7 +158,7 @@ namespace ClrmdBridge
             return registers;
         }
 
-        private static (int Threads, int ManagedFrames) WalkThreads(ClrRuntime runtime, List<string> warnings)
+        private static (int Threads, int ManagedFrames) WalkThreads(ClrRuntime runtime, List<string> warnings, MethodToucher methods)
         {
             int walked = 0, managedFrames = 0;
             foreach (ClrThread thread in runtime.Threads)
@@ -149,9 +179,11 @@ namespace ClrmdBridge
                         }
 
                         _ = frame.FrameName;
+                        methods.TouchFrame(frame);
                     }
 
                     _ = thread.CurrentException?.Type?.Name;
+                    methods.TouchException(thread.CurrentException);
                 });
             }
 
@@ -198,10 +230,27 @@ namespace ClrmdBridge
             });
         }
 
+        /// <summary>What the DAC itself says a dump needs (EnumMemoryRegions, as createdump asks it:
+        /// the heap dump's flags for heap, a minidump's for mini): the regions it reports, and the
+        /// pages it reads to find them that nothing before it read.</summary>
+        private static void AddDacRegions(ClrRuntime runtime, RecordingDataReader reader, MemoryList memory, bool heap)
+        {
+            List<(ulong Start, ulong End)> before = reader.Reads.ToMergedList();
+            DacMemoryEnumerator.Report report = heap
+                ? DacMemoryEnumerator.Enumerate(runtime, DacMemoryEnumerator.MiniDumpWithPrivateReadWriteMemory, DacMemoryEnumerator.ClrDataEnumMemHeap2)
+                : DacMemoryEnumerator.Enumerate(runtime, DacMemoryEnumerator.MiniDumpNormal, DacMemoryEnumerator.ClrDataEnumMemMini);
+            foreach ((ulong start, ulong end) in report.Regions)
+                memory.Add(start, end, DacEnumMemory);
+            foreach ((ulong start, ulong end) in PageRanges.Subtract(reader.Reads.ToMergedList(), before))
+                memory.Add(start, end, DacEnumMemory);
+            if (report.HResult < 0)
+                throw new InvalidOperationException($"EnumMemoryRegions failed (HRESULT {report.HResult:x8}); kept {report.Regions.Count} regions it reported");
+        }
+
         /// <summary>Reads types once each, so that the pages their names and layouts come from are
         /// recorded: those of handles, roots, the finalizer queue and sync blocks, and every type of a
         /// dynamic module. Other objects' types need no walk: all file metadata is listed.</summary>
-        private static void TouchTypes(ClrRuntime runtime, List<string> warnings)
+        private static IReadOnlyCollection<ulong> TouchTypes(ClrRuntime runtime, List<string> warnings, MethodToucher methods)
         {
             ClrHeap gc = runtime.Heap;
             TypeToucher types = new();
@@ -211,12 +260,16 @@ namespace ClrmdBridge
                 {
                     types.Touch(handle.Object.Type);
                     types.Touch(handle.Dependent.Type);
+                    methods.TouchIfException(handle.Object);
                 }
             });
             Step(warnings, "roots", () =>
             {
                 foreach (ClrRoot root in gc.EnumerateRoots())
+                {
                     types.Touch(root.Object.Type);
+                    methods.TouchIfException(root.Object);
+                }
             });
             // Modules whose metadata is not in a file image (Reflection.Emit): their types are read
             // one by one, so that the in-memory metadata behind their names is recorded.
@@ -238,12 +291,15 @@ namespace ClrmdBridge
                     _ = syncBlock.Object;
             });
             Step(warnings, "thread pool", () => _ = runtime.ThreadPool?.MaxThreads);
+            return types.Seen;
         }
 
         /// <summary>Reads a type's name, fields, base types and element type, once per method table.</summary>
         private sealed class TypeToucher
         {
             private readonly HashSet<ulong> _seen = new();
+
+            public IReadOnlyCollection<ulong> Seen => _seen;
 
             public void Touch(ClrType? type)
             {
@@ -265,9 +321,12 @@ namespace ClrmdBridge
         /// <summary>One lister failing must not lose what the others found: note it and go on.</summary>
         private static void Step(List<string> warnings, string what, Action action)
         {
+            Stopwatch stepClock = Stopwatch.StartNew();
             try
             {
                 action();
+                if (Environment.GetEnvironmentVariable("MINIDUMPER_BRIDGE_TIMINGS") == "1")
+                    Console.Error.WriteLine($"TIMING {what}: {stepClock.Elapsed.TotalMilliseconds:F1} ms");
             }
             catch (Exception e) when (e is not OutOfMemoryException)
             {

@@ -73,7 +73,10 @@ CLR_KINDS: dict[str, RangeKind | None] = {
     "NativeHeap:GCFreeUohSegment": None,
     "ModuleImage": None,            # module code stays out; the DAC's reads of it come in below
     "ModuleMetadata": RangeKind.MODULE_METADATA,
+    "ReadyToRunSection": RangeKind.READY_TO_RUN,
     "DacRead": RangeKind.DAC_READ,
+    "DacEnumMemory": RangeKind.DAC_ENUM,
+    "DacReadOfLoadedMethods": RangeKind.DAC_READ,   # found before the pause, heap mode only
 }
 # A kind the table does not know is still the CLR's own memory: heap mode keeps it.
 UNKNOWN_CLR_KIND = RangeKind.LOADER_HEAP
@@ -82,8 +85,8 @@ UNKNOWN_CLR_KIND = RangeKind.LOADER_HEAP
 def clr_range_kind(clr_kind: str, mode: DumpMode) -> RangeKind | None:
     """The kind a CLR range is written as in this mode, or None to leave it out."""
     parts = MODE_PARTS[mode]
-    if clr_kind == "DacRead":
-        return RangeKind.DAC_READ if Part.CLR_STACK_READS in parts else None
+    if clr_kind in ("DacRead", "DacEnumMemory"):
+        return CLR_KINDS[clr_kind] if Part.CLR_STACK_READS in parts else None
     if Part.CLR_HEAPS not in parts:
         return None
     family = clr_kind.split(":")[0] if clr_kind.startswith("GCSegment") else clr_kind

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from minidumper.model import (
     PAGE_SIZE, DumpMode, DumpPlan, Mapping, MemoryRange, ProcessSnapshot, RangeKind,
     SyntheticRange)
-from minidumper.plan import native
+from minidumper.plan import file_copies, native
 from minidumper.plan.modes import MODE_PARTS, Part, clr_range_kind
 
 # Where createdump puts the page that tells readers where the runtime is (64-bit Linux).
@@ -51,7 +51,9 @@ def select(snapshot: ProcessSnapshot, mode: DumpMode, read: native.ReadMemory,
         wanted += native.runtime_data(snapshot, read)
     if Part.PE_HEADERS in parts:
         wanted += native.pe_headers(snapshot, read)
-    wanted += _clr_pieces(mode, clr_ranges)
+    clr_pieces = _clr_pieces(mode, clr_ranges)
+    wanted += clr_pieces
+    wanted += file_copies.elsewhere([r for r in clr_pieces if r.kind in _FILE_BYTES_KINDS], snapshot.mappings)
 
     ranges = clip_to(merge_by_priority(wanted), [m for m in snapshot.mappings if dumpable(m)])
     synthetic = []
@@ -92,12 +94,22 @@ def diag_info_page(runtime_base: int) -> bytes:
     return header + bytes(PAGE_SIZE - len(header))
 
 
+# What the CLR reads of a module's file through its flat mapping too (the DAC's and ClrMD's
+# metadata readers): kept wherever else the file is mapped.
+_FILE_BYTES_KINDS = frozenset({RangeKind.MODULE_METADATA})
+
+# Reasons that count only where no other reason covers a range, the last one least.
+_SECONDARY_KINDS = (RangeKind.DAC_ENUM, RangeKind.DAC_READ)
+
+
 def merge_by_priority(ranges: Iterable[MemoryRange]) -> list[MemoryRange]:
-    """merge(), but what the DAC read counts as such only where no other reason covers it."""
+    """merge(), but what the DAC reported or read counts as such only where no other reason
+    covers it, so that ranges_by_kind says what each of them adds."""
     ranges = list(ranges)
-    primary = merge(r for r in ranges if r.kind is not RangeKind.DAC_READ)
-    dac_only = subtract(merge(r for r in ranges if r.kind is RangeKind.DAC_READ), primary)
-    return merge(primary + dac_only)
+    kept = merge(r for r in ranges if r.kind not in _SECONDARY_KINDS)
+    for kind in _SECONDARY_KINDS:
+        kept = merge(kept + subtract(merge(r for r in ranges if r.kind is kind), kept))
+    return kept
 
 
 def subtract(ranges: list[MemoryRange], covered: list[MemoryRange]) -> list[MemoryRange]:
