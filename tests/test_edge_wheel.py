@@ -35,8 +35,13 @@ def installed(tmp_path_factory):
     if shutil.which("dotnet") is None:
         pytest.skip("building the wheel needs the .NET SDK")
     work = tmp_path_factory.mktemp("wheel")
+    # The sdist is made from a copy, so that its by-products (egg-info) stay out of the repository.
+    copy = work / "repository"
+    shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".build", "_dotnet", "bin", "obj", "__pycache__", "*.egg-info",
+        ".pytest_cache", "build", "dist"))
     run([SYSTEM_PYTHON, "-c", f"from setuptools import build_meta; build_meta.build_sdist({str(work)!r})"],
-        cwd=REPO)
+        cwd=copy)
     [sdist] = work.glob("minidumper-*.tar.gz")
     with tarfile.open(sdist) as archive:
         sdist_names = archive.getnames()
@@ -126,3 +131,25 @@ def test_the_installed_bridge_runs_where_only_dotnet_8_is(installed, heap_app, t
     reading = clrmd_read("--dump", str(tmp_path / "heap.core"))
     assert reading["errors"] == [] and reading["object_count"] > 10_000
     heap_app.assert_running()
+
+
+def test_requires_python_is_what_pythonnet_needs():
+    """pyproject's requires-python (>=3.11) against pythonnet itself: the bridge's .NET loads in
+    each Python 3.11+ found here (pyenv's), and fails in Loader.Initialize on 3.10."""
+    import tomllib
+
+    required = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert required == ">=3.11"
+    interpreters = sorted(Path("/root/.pyenv/versions").glob("3.1[0-9]*/bin/python"))
+    if not any("3.10" in str(p) for p in interpreters):
+        pytest.skip("no Python 3.10 here to check the lower bound against")
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); from clrmd_bridge import host; "
+             "host.load(); import System; print(System.Environment.Version)")
+    for interpreter in interpreters:
+        result = subprocess.run([str(interpreter), "-c", probe, str(REPO)], capture_output=True,
+                                text=True, timeout=120)
+        minor = int(interpreter.parent.parent.name.split(".")[1])
+        if minor >= 11:
+            assert result.returncode == 0, (interpreter, result.stderr[-500:])
+        else:
+            assert "Loader.Initialize failed" in result.stderr, (interpreter, result.stderr[-500:])
