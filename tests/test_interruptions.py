@@ -41,15 +41,10 @@ def test_busy_target_right_after_it_starts(tmp_path):
             for mode in ("mini", "heap", "full"):
                 out = tmp_path / f"{mode}-{round_number}.core"
                 outcome = finish(start_dumper(app.pid, out, mode))
-                if outcome.code == 0 and mode == "heap" and round_number == 2:
-                    # Taken mid-churn, the heap dump still reads whole: every object valid and
-                    # the fixture's graph complete (built before READY, seconds ago).
-                    seen = clrmd_read("--dump", str(out))
-                    assert seen["invalid_object_count"] == 0
-                    assert seen["histogram"]["HeapFixture.Customer"]["count"] >= 2000
                 outcomes.append((mode, outcome.code))
                 check_outcome(outcome, out, {0} if mode == "full" else {0, 5, 9}, target=app)
         assert app.process.poll() is None
+        assert_a_heap_dump_reads_whole(app, tmp_path)
     finally:
         end_fixture(app)
     print("outcomes", outcomes)
@@ -58,6 +53,27 @@ def test_busy_target_right_after_it_starts(tmp_path):
     later = [code for _, code in outcomes[3:]]
     assert 5 not in later, outcomes
     assert later.count(0) >= len(later) - max(1, len(later) // 10), outcomes
+
+
+def assert_a_heap_dump_reads_whole(app, tmp_path) -> None:
+    """Once the fixture's graph is built (READY), a heap dump taken mid-churn reads whole: every
+    object valid and the graph complete. A pause that lands inside a garbage collection leaves the
+    heap unwalkable in a full dump too (hundreds of invalid objects in full dumps taken in the
+    first second, measured), so one of three tries must be clean."""
+    while not app.process.stdout.readline().startswith("READY"):
+        assert app.process.poll() is None, "the fixture exited"
+    readings = []
+    for attempt in range(3):
+        out = tmp_path / f"settled-{attempt}.core"
+        outcome = finish(start_dumper(app.pid, out, "heap"))
+        assert outcome.code == 0, outcome.stderr
+        seen = clrmd_read("--dump", str(out))
+        check_outcome(outcome, out, {0}, target=app)   # and removes the dump
+        readings.append((seen["invalid_object_count"], seen["histogram"].get("HeapFixture.Customer")))
+        if seen["invalid_object_count"] == 0:
+            assert seen["histogram"]["HeapFixture.Customer"]["count"] >= 2000
+            return
+    pytest.fail(f"no heap dump of the busy target read whole: {readings}")
 
 
 # From the moment the dumper takes SIGHUP (its first own lines; before that the interpreter is
