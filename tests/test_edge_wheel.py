@@ -82,7 +82,9 @@ def test_the_installed_tool_dumps_in_every_mode_from_anywhere(installed, heap_ap
 
     reports = {}
     for mode in ("mini", "heap", "full"):
-        result = run([str(venv / "bin" / "minidumper"), "-p", str(heap_app.pid), "-o", str(tmp_path),
+        directory = tmp_path / mode     # generated names have whole seconds: one directory each
+        directory.mkdir()
+        result = run([str(venv / "bin" / "minidumper"), "-p", str(heap_app.pid), "-o", str(directory),
                       "--type", mode, "--json"], cwd=tmp_path)
         reports[mode] = json.loads(result.stdout)
         assert reports[mode]["exit_code"] == 0 and reports[mode]["mode"] == mode
