@@ -139,10 +139,22 @@ def test_dumper_killed_at_many_points(steady_app, tmp_path, mode, delay):
     # The kernel releases a seized tracee when its tracer dies.
     assert wait_not_stopped(steady_app.pid) not in "tT"
     steady_app.assert_running()
-    if dumper.returncode == 0:
+    if out.exists():
+        # Named only once complete: a kill that lands after the link leaves a whole core.
+        assert_complete_core(out)
         out.unlink()
     # The output is an unnamed file until complete (O_TMPFILE): a kill -9 leaves nothing.
     assert list(tmp_path.iterdir()) == []
+
+
+def assert_complete_core(path) -> None:
+    from elftools.elf.elffile import ELFFile
+
+    with open(path, "rb") as stream:
+        core = ELFFile(stream)
+        assert core.header["e_type"] == "ET_CORE"
+        end = max(segment["p_offset"] + segment["p_filesz"] for segment in core.iter_segments())
+    assert path.stat().st_size >= end, f"{path} ends at {path.stat().st_size}, its segments at {end}"
 
 
 # Counted from the dumper's first lines, as above.

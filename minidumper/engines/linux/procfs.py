@@ -118,15 +118,3 @@ def thread_name(pid: int, tid: int) -> str:
 
 def all_pids() -> list[int]:
     return sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
-
-
-def memory_available() -> int:
-    """MemAvailable of /proc/meminfo, in bytes (0 if unknown)."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
