@@ -61,6 +61,9 @@ class ClrWalkerProcess:
         self._log = tempfile.TemporaryFile(prefix="minidumper-bridge-")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (PACKAGE_PARENT, env.get("PYTHONPATH"))))
+        # The worker is killed when done: a runtime with its diagnostics on would leave its
+        # debugger pipes and diagnostic socket in /tmp after every dump.
+        env["DOTNET_EnableDiagnostics"] = "0"
         try:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "clrmd_bridge.worker",

@@ -129,3 +129,23 @@ def load_segments(core: Path) -> list[tuple[int, int]]:
     with open(core, "rb") as f:
         return [(s["p_vaddr"], s["p_vaddr"] + s["p_memsz"]) for s in ELFFile(f).iter_segments()
                 if s["p_type"] == "PT_LOAD"]
+
+
+SESSION_STARTED = time.time()
+RUNTIME_IPC_PREFIXES = ("clr-debug-pipe-", "dotnet-diagnostic-")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The fixtures end by SIGKILL, so their runtimes never remove their debugger pipes and
+    diagnostic sockets from /tmp: those of processes gone since this session began go now."""
+    tmp = Path(os.environ.get("TMPDIR") or "/tmp")
+    for entry in tmp.iterdir():
+        if not entry.name.startswith(RUNTIME_IPC_PREFIXES):
+            continue
+        pid = entry.name.removeprefix("clr-debug-pipe-").removeprefix("dotnet-diagnostic-").split("-")[0]
+        try:
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}") \
+                    and entry.lstat().st_mtime >= SESSION_STARTED:
+                entry.unlink()
+        except OSError:
+            pass    # already gone

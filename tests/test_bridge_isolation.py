@@ -133,3 +133,20 @@ def test_the_library_from_worker_threads(heap_app, tmp_path):
     for name in ("heap0.core", "mini1.core"):
         assert clrmd_read("--dump", str(tmp_path / name))["threads"]
     heap_app.assert_running()
+
+
+def runtime_ipc_files() -> set[str]:
+    """The debugger pipes and diagnostic sockets .NET runtimes make in /tmp."""
+    return {name for name in os.listdir(os.environ.get("TMPDIR") or "/tmp")
+            if name.startswith(("clr-debug-pipe-", "dotnet-diagnostic-"))}
+
+
+@pytest.mark.parametrize("mode", ["heap", "mini"])
+def test_the_bridge_leaves_no_runtime_files_in_tmp(heap_app, tmp_path, mode):
+    """The worker is killed when done: it runs with the runtime's diagnostics off, so it leaves
+    no pipes or socket behind (a container's /tmp would fill up with them)."""
+    before = runtime_ipc_files()
+    result = run_minidumper("--pid", str(heap_app.pid), "-f", str(tmp_path / "app.core"),
+                            f"--{mode}", "--json")
+    assert result.returncode == 0, result.stderr
+    assert runtime_ipc_files() - before == set()
