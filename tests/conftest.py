@@ -132,6 +132,16 @@ def load_segments(core: Path) -> list[tuple[int, int]]:
 
 
 SESSION_STARTED = time.time()
+
+
+def pytest_configure(config):
+    """The tests send SIGINT, SIGTERM and SIGHUP to dumpers, which keep an inherited "ignore" (as
+    under nohup, or as a shell's background job gets SIGINT): whoever started the suite, its
+    children start with these signals at their defaults."""
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(number) == signal.SIG_IGN:
+            signal.signal(number, signal.default_int_handler if number == signal.SIGINT
+                          else signal.SIG_DFL)
 RUNTIME_IPC_PREFIXES = ("clr-debug-pipe-", "dotnet-diagnostic-")
 
 
