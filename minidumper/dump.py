@@ -16,7 +16,7 @@ from typing import Protocol
 from minidumper.clr_walk import ClrWalk
 from minidumper.errors import (
     MinidumperError, NotDotnetError, RuntimeBridgeError, TargetExitedError, UsageError)
-from minidumper.model import DumpMode, DumpPlan, ProcessSnapshot
+from minidumper.model import DEFAULT_PAUSE_TIMEOUT, DumpMode, DumpPlan, ProcessSnapshot
 from minidumper.output import OutputFile, app_name, open_output
 from minidumper.plan import modes, select
 
@@ -26,7 +26,6 @@ OUTPUT_HEADER_ALLOWANCE = 16 << 20   # notes and program headers of a large proc
 # Where the plan has no estimate (mini): about what stacks, module headers and the DAC's reads
 # take. Copying into file pages populated before the pause is 4x faster than into fresh ones.
 SMALL_DUMP_ESTIMATE, SMALL_DUMP_PER_THREAD = 4 << 20, 128 << 10
-DEFAULT_PAUSE_TIMEOUT = 1.0          # as engines.linux.ptrace's, without importing it on Windows
 
 
 class DumpProgress(Protocol):

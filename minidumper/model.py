@@ -6,6 +6,9 @@ import bisect
 import enum
 from dataclasses import dataclass, field
 
+# Seconds a pause may take before a thread that will not stop fails it (PauseFailedError).
+DEFAULT_PAUSE_TIMEOUT = 1.0
+
 PAGE_SIZE = 4096
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from minidumper.engines.linux import procfs
 from minidumper.engines.linux._libc import iovec, last_os_error, libc
 from minidumper.engines.linux.tracer_thread import TracerThread
+from minidumper.model import DEFAULT_PAUSE_TIMEOUT
 from minidumper.errors import (
     AccessDeniedError, PauseFailedError, TargetExitedError, TargetNotFoundError)
 
@@ -40,7 +41,6 @@ XSTATE_MAX_SIZE = 16384
 REG_RIP = 16
 REG_RSP = 19
 
-DEFAULT_PAUSE_TIMEOUT = 1.0     # seconds a pause may take before a thread that will not stop fails it
 EPERM_RETRY_SECONDS = 0.05      # an exiting thread refuses PTRACE_SEIZE with EPERM until it is gone
 DEFERRED_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 STOP_SIGNALS = {signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from minidumper.engines.linux import namespaces, procfs
 from minidumper.engines.linux.memory import ProcessMemory
 from minidumper.engines.linux.ptrace import (
-    DEFAULT_PAUSE_TIMEOUT, NT_PRFPREG, NT_PRSTATUS, NT_X86_XSTATE, REG_RIP, REG_RSP, STOP_SIGNALS,
-    USER_FPREGS_SIZE, USER_REGS_SIZE, XSTATE_MAX_SIZE, ThreadGroupTracer)
+    NT_PRFPREG, NT_PRSTATUS, NT_X86_XSTATE, REG_RIP, REG_RSP, STOP_SIGNALS, USER_FPREGS_SIZE,
+    USER_REGS_SIZE, XSTATE_MAX_SIZE, ThreadGroupTracer)
 from minidumper.errors import AccessDeniedError, MinidumperError, TargetExitedError
-from minidumper.model import MemoryRange, ProcessSnapshot, ThreadState
+from minidumper.model import DEFAULT_PAUSE_TIMEOUT, MemoryRange, ProcessSnapshot, ThreadState
 
 log = logging.getLogger(__name__)
 
