@@ -66,8 +66,8 @@ def read_bytes(pid: int, name: str) -> bytes:
         return f.read()
 
 
-def comm(pid: int) -> str:
-    return read_bytes(pid, "comm").decode(errors="replace").rstrip("\n")
+def comm(pid: int, name: str = "comm") -> str:
+    return read_bytes(pid, name).decode(errors="replace").rstrip("\n")
 
 
 def cmdline(pid: int) -> list[str]:
@@ -90,9 +90,10 @@ def status_fields(pid: int) -> dict[str, str]:
     return fields
 
 
-def stat_fields(pid: int) -> list[str]:
-    """Fields of /proc/PID/stat from the state on (the name may hold spaces and parens)."""
-    raw = read_bytes(pid, "stat").decode(errors="replace")
+def stat_fields(pid: int, name: str = "stat") -> list[str]:
+    """Fields of /proc/PID/stat (or of a thread's, task/TID/stat) from the state on (the name
+    may hold spaces and parens)."""
+    raw = read_bytes(pid, name).decode(errors="replace")
     return raw[raw.rindex(")") + 2:].split()
 
 
@@ -103,15 +104,14 @@ def state(pid: int) -> str:
 def thread_state(pid: int, tid: int) -> str:
     """The state letter of one thread; "" when it is gone."""
     try:
-        raw = read_bytes(pid, f"task/{tid}/stat").decode(errors="replace")
+        return stat_fields(pid, f"task/{tid}/stat")[0]
     except OSError:
         return ""
-    return raw[raw.rindex(")") + 2:].split()[0]
 
 
 def thread_name(pid: int, tid: int) -> str:
     try:
-        return read_bytes(pid, f"task/{tid}/comm").decode(errors="replace").strip()
+        return comm(pid, f"task/{tid}/comm")
     except OSError:
         return ""
 
