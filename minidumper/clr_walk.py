@@ -17,8 +17,8 @@ from minidumper.errors import (
 log = logging.getLogger(__name__)
 
 WALK_TIMEOUT_SECONDS = 30.0      # a DAC that loops must not hold the target paused for longer
-# The warm-up walks a target that changes under it, at idle priority: a loop there costs the dump
-# only this long (then the walk in the pause runs cold).
+# The warm-up walks a target that changes under it: a loop there costs the dump only this long
+# (then the walk in the pause runs cold).
 WARM_UP_TIMEOUT_SECONDS = 10.0
 
 CLR_RANGE = tuple[int, int, str]
@@ -51,12 +51,11 @@ class ClrWalk:
         self._process.close()
 
     def warm_up(self, depth: str) -> list[CLR_RANGE]:
-        """The walk of the pause, done once on the running target, at idle priority, before the
-        pause: the pause then pays no first-call cost (JIT, ClrMD's and the DAC's start-up).
-        Its ranges are an estimate of the CLR's heaps (to size the output). A target with no CLR
-        fails here, unpaused, and so does a bridge that cannot start; any other failure loses
-        only the warm-up (a crashed or hung worker is replaced, and loads .NET now, not in the
-        pause)."""
+        """The walk of the pause, done once on the running target before the pause: the pause
+        then pays no first-call cost (JIT, ClrMD's and the DAC's start-up). Its ranges are an
+        estimate of the CLR's heaps (to size the output). A target with no CLR fails here,
+        unpaused, and so does a bridge that cannot start; any other failure loses only the
+        warm-up (a crashed or hung worker is replaced, and loads .NET now, not in the pause)."""
         bridge = self._bridge
         # A measuring knob (bench/): "layout" reads only the CLR's heaps, as before the warm-up.
         depth = os.environ.get("MINIDUMPER_WARM_UP_DEPTH", depth)

@@ -214,12 +214,8 @@ def _target_runtime(pid: int, mappings: list):
 
     memory = ProcessMemory(pid)
     try:
-        return runtime_files.find_runtime(pid, mappings, procfs.read_bytes(pid, "auxv"), memory.read)
-    except OSError as error:
-        # Its files and memory vanish with the target: that is its exit, not our failure.
-        if not procfs.alive(pid):
-            raise TargetExitedError(f"process {pid} exited") from error
-        raise
+        with _exit_explains(pid, OSError):
+            return runtime_files.find_runtime(pid, mappings, procfs.read_bytes(pid, "auxv"), memory.read)
     finally:
         memory.close()
 
@@ -235,21 +231,29 @@ def _runtime_if_any(pid: int, mappings: list):
         return None
 
 
-def _find_dac(pid: int, runtime, dac_path: str | None) -> str:
-    """The DAC that matches the target's runtime. No runtime or no DAC: exit 5."""
-    from minidumper import dac
+@contextlib.contextmanager
+def _exit_explains(pid: int, failures):
+    """A failure of these kinds while the target is gone is its exit (7), not ours: its files and
+    memory vanish with it."""
     from minidumper.engines.linux import procfs
 
     try:
+        yield
+    except failures as error:
+        if not procfs.alive(pid):
+            raise TargetExitedError(f"process {pid} exited") from error
+        raise
+
+
+def _find_dac(pid: int, runtime, dac_path: str | None) -> str:
+    """The DAC that matches the target's runtime. No runtime or no DAC: exit 5."""
+    from minidumper import dac
+
+    with _exit_explains(pid, (OSError, MinidumperError)):
         if runtime is None:
             raise NotDotnetError(f"process {pid} is not a .NET process (no libcoreclr.so is loaded "
                                  "and no single-file runtime found); --full still dumps any process")
         located = dac.locate(runtime, dac_path)
-    except (OSError, MinidumperError) as error:
-        # Its files and memory vanish with the target: that is its exit, not our failure.
-        if not procfs.alive(pid):
-            raise TargetExitedError(f"process {pid} exited") from error
-        raise
     log.debug("%s; DAC: %s", runtime.describe(), located)
     return located
 
