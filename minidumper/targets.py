@@ -129,10 +129,11 @@ def hosted_assembly(arguments: list[str]) -> str:
 def find_by_name(name: str) -> ProcessInfo:
     if sys.platform == "win32":
         raise UsageError("--pn is not supported on Windows yet; give the target with --pid")
-    matches = [info for info in _processes() if name in names_of(info)]
+    processes = _processes()
+    matches = [info for info in processes if name in names_of(info)]
     if not matches:
         # The candidates: the .NET processes that are running.
-        dotnet = [info for info in _processes() if _maps_coreclr(info.pid)]
+        dotnet = [info for info in processes if _maps_coreclr(info.pid)]
         listing = "".join(f"\n  {m.pid}  {m.command}" for m in dotnet)
         raise ProcessNameError(f"no process named {name!r}"
                                + (f"; .NET processes:{listing}" if dotnet else ""),
