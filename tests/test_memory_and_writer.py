@@ -41,6 +41,44 @@ def test_fill_skips_pages_that_cannot_be_read(tmp_path):
         mapped.close()
 
 
+def test_fill_many_reads_batches_and_keeps_what_is_readable_around_a_hole(tmp_path):
+    # Many small pieces in one call, with one that runs into the faulting pages in the middle:
+    # every piece before and after it is read whole, and it keeps its readable page.
+    backing = tmp_path / "one-page"
+    backing.write_bytes(b"A" * 3 * PAGE_SIZE)
+    with open(backing, "r+b") as f:
+        mapped = mmap.mmap(f.fileno(), 3 * PAGE_SIZE, prot=mmap.PROT_READ)
+        f.truncate(PAGE_SIZE)
+    own = bytes(range(256)) * (1200 * 16)    # 1200 pages of our own memory
+    try:
+        hole = _address_of(mapped)
+        memory = ProcessMemory(os.getpid())
+        base = _buffer_address(own)
+        wanted = [(base + i * PAGE_SIZE, base + i * PAGE_SIZE + 100) for i in range(1100)]
+        wanted.insert(700, (hole, hole + 3 * PAGE_SIZE))
+        size = sum(end - start for start, end in wanted)
+        destination = bytearray(size)
+        with address_of(destination) as pointer:
+            pieces, offset = [], 0
+            for start, end in wanted:
+                pieces.append((start, end, pointer + offset))
+                offset += end - start
+            runs = list(memory.fill_many(pieces))
+        assert [index for index, _, _ in runs] == list(range(len(wanted)))
+        assert runs[700] == (700, hole, PAGE_SIZE)
+        assert all(length == 100 for index, _, length in runs if index != 700)
+        assert destination[:100] == own[:100]
+        assert destination[-100:] == own[1099 * PAGE_SIZE:1099 * PAGE_SIZE + 100]
+        assert destination[700 * 100:700 * 100 + PAGE_SIZE] == b"A" * PAGE_SIZE
+    finally:
+        mapped.close()
+
+
+def _buffer_address(data: bytes) -> int:
+    import ctypes
+    return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+
+
 def test_unmappable_output_is_written_while_paused(heap_app, tmp_path, monkeypatch):
     monkeypatch.setattr(OutputFile, "map", lambda self, size, populate=False: None)
     path = tmp_path / "streamed.core"

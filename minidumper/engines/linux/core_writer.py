@@ -22,7 +22,7 @@ PIECE = tuple[int, memoryview]
 
 
 class MemorySource(Protocol):
-    def fill(self, start: int, end: int, destination: int) -> Iterable[tuple[int, int]]: ...
+    def fill_many(self, pieces: list[tuple[int, int, int]]) -> Iterable[tuple[int, int, int]]: ...
 
 
 class OutputSink(Protocol):
@@ -102,12 +102,14 @@ def count_expected_segments(plan: DumpPlan, mappings: list[Mapping]) -> int:
 
 
 class CoreWriter:
-    def __init__(self, sink: OutputSink, snapshot: ProcessSnapshot, plan: DumpPlan) -> None:
+    def __init__(self, sink: OutputSink, snapshot: ProcessSnapshot, plan: DumpPlan,
+                 notes: bytes | None = None) -> None:
+        """notes: build_notes(snapshot), where it was built already."""
         self._sink = sink
         self._snapshot = snapshot
         self._plan = plan
         self._flags = _FlagsByAddress(snapshot.mappings)
-        self._notes = build_notes(snapshot)
+        self._notes = build_notes(snapshot) if notes is None else notes
         expected = count_expected_segments(plan, snapshot.mappings)
         # Room for the segments that unreadable holes add; past it, holes are written as zeros.
         self._max_loads = expected + 256 + expected // 4
@@ -128,14 +130,15 @@ class CoreWriter:
         """Reads every planned range into its place in the mapped file, which starts at address
         destination. Unreadable pages stay zero there and out of the segments, unless there are
         too many holes to list."""
+        bases = []
         for memory_range in self._plan.ranges:
-            base = self._offset
-            for address, length in memory.fill(memory_range.start, memory_range.end,
-                                               destination + base):
-                self._place(address, length, base + address - memory_range.start)
-                if progress:
-                    progress(length)
-            self._offset = base + memory_range.size
+            bases.append(self._offset)
+            self._offset += memory_range.size
+        pieces = [(r.start, r.end, destination + base) for r, base in zip(self._plan.ranges, bases)]
+        for index, address, length in memory.fill_many(pieces):
+            self._place(address, length, bases[index] + address - self._plan.ranges[index].start)
+            if progress:
+                progress(length)
         for synthetic in self._plan.synthetic:
             ctypes.memmove(destination + self._offset, synthetic.contents, len(synthetic.contents))
             self._place(synthetic.address, len(synthetic.contents), self._offset, elf.PF_R)

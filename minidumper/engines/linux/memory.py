@@ -18,6 +18,7 @@ from minidumper.errors import AccessDeniedError, TargetExitedError
 from minidumper.model import PAGE_SIZE
 
 CHUNK_SIZE = 8 << 20
+IOV_MAX = 1024
 
 
 @contextlib.contextmanager
@@ -88,6 +89,52 @@ class ProcessMemory:
             if run_end > run_start:
                 yield run_start, run_end - run_start
             address += size
+
+    def fill_many(self, pieces: list[tuple[int, int, int]]) -> Iterator[tuple[int, int, int]]:
+        """fill() for many (start, end, destination) pieces, small ones up to IOV_MAX in one
+        process_vm_readv (a dump of many threads has thousands of small ranges). Yields (index
+        of the piece, address, length) of each readable run, pieces in order."""
+        index = 0
+        while index < len(pieces):
+            batch = self._small_batch(pieces, index)
+            done = self._read_batch(pieces[index:index + batch]) if batch > 1 else 0
+            for offset in range(done):
+                start, end, _ = pieces[index + offset]
+                yield index + offset, start, end - start
+            index += done
+            if done < batch or batch <= 1:
+                # A piece with an unreadable page (or a big one): on its own, page by page.
+                start, end, destination = pieces[index]
+                for address, count in self.fill(start, end, destination):
+                    yield index, address, count
+                index += 1
+
+    @staticmethod
+    def _small_batch(pieces: list[tuple[int, int, int]], index: int) -> int:
+        count = 0
+        while (index + count < len(pieces) and count < IOV_MAX
+               and pieces[index + count][1] - pieces[index + count][0] <= CHUNK_SIZE):
+            count += 1
+        return count
+
+    def _read_batch(self, pieces: list[tuple[int, int, int]]) -> int:
+        """How many of the pieces were read whole, from the first on, in one call."""
+        if self._use_proc_mem:
+            return 0
+        local = (iovec * len(pieces))(*(iovec(d, e - s) for s, e, d in pieces))
+        remote = (iovec * len(pieces))(*(iovec(s, e - s) for s, e, d in pieces))
+        count = libc.process_vm_readv(self.pid, local, len(pieces), remote, len(pieces), 0)
+        if count < 0:
+            if ctypes.get_errno() == errno.ESRCH:
+                raise TargetExitedError(f"process {self.pid} exited mid-dump")
+            return 0   # the first piece faults, or the call is refused: fill() sorts it out
+        done = 0
+        for start, end, _ in pieces:
+            if count < end - start:
+                break
+            count -= end - start
+            done += 1
+        return done
 
     def _raise_if_exited(self) -> None:
         if not procfs.alive(self.pid):

@@ -85,7 +85,7 @@ class PausedProcess:
                 uid=int(status["Uid"].split()[0]), gid=int(status["Gid"].split()[0]),
                 ppid=int(stat[1]), pgrp=int(stat[2]), sid=int(stat[3]), state=stat[0],
                 nice=int(stat[16]),
-                threads=[self._thread_state(tid, namespace is not None) for tid in sorted(self._tracer.held)],
+                threads=self._thread_states(namespace is not None),
                 mappings=procfs.read_maps(pid), auxv=procfs.read_bytes(pid, "auxv"), namespace=namespace)
         except (FileNotFoundError, ProcessLookupError) as error:
             raise TargetExitedError(f"process {pid} exited mid-dump") from error
@@ -95,13 +95,19 @@ class PausedProcess:
             raise AccessDeniedError(f"cannot read /proc/{pid}: {error.strerror}") from error
         return snapshot
 
-    def _thread_state(self, tid: int, in_other_namespace: bool) -> ThreadState:
-        regs = self._tracer.get_regset(tid, NT_PRSTATUS, USER_REGS_SIZE) or bytes(USER_REGS_SIZE)
+    def _thread_states(self, in_other_namespace: bool) -> list[ThreadState]:
+        tids = sorted(self._tracer.held)
+        register_sets = self._tracer.get_regsets(tids, [
+            (NT_PRSTATUS, USER_REGS_SIZE), (NT_PRFPREG, USER_FPREGS_SIZE), (NT_X86_XSTATE, XSTATE_MAX_SIZE)])
+        return [self._thread_state(tid, *register_sets[tid], in_other_namespace) for tid in tids]
+
+    def _thread_state(self, tid: int, regs: bytes | None, fpregs: bytes | None, xstate: bytes | None,
+                      in_other_namespace: bool) -> ThreadState:
+        regs = regs or bytes(USER_REGS_SIZE)
         if len(regs) != USER_REGS_SIZE:
             raise MinidumperError(f"process {self.pid} is not a 64-bit x86 process; "
                                   "only x86-64 targets can be dumped on Linux")
-        fpregs = self._tracer.get_regset(tid, NT_PRFPREG, USER_FPREGS_SIZE) or bytes(USER_FPREGS_SIZE)
-        xstate = self._tracer.get_regset(tid, NT_X86_XSTATE, XSTATE_MAX_SIZE)
+        fpregs = fpregs or bytes(USER_FPREGS_SIZE)
         try:
             name = procfs.read_bytes(self.pid, f"task/{tid}/comm").decode(errors="replace").strip()
         except OSError:
