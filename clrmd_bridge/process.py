@@ -41,6 +41,7 @@ class ClrWalkerProcess:
         self._replies: int | None = None
         self._log = None
         self._ready = False
+        self._asked = ""
 
     def __enter__(self) -> ClrWalkerProcess:
         return self
@@ -94,16 +95,28 @@ class ClrWalkerProcess:
         self._ready = True
 
     def read_clr(self, pid: int, thread_registers: dict[int, bytes], depth: str, *,
-                 dac_path: str | None = None, timeout: float) -> ClrReadout:
+                 dac_path: str | None = None, timeout: float,
+                 shard: tuple[int, int] = (0, 1)) -> ClrReadout:
         """clrmd_bridge.read_clr, in the worker. Raises BridgeCrashedError when it dies or takes
         longer than timeout (it is then ended), and the worker's own errors as they are."""
         deadline = time.monotonic() + timeout
-        self.wait_ready(max(timeout, START_TIMEOUT_SECONDS))
+        self.ask(pid, thread_registers, depth, dac_path=dac_path, shard=shard)
+        return self.answer(max(0.0, deadline - time.monotonic()))
+
+    def ask(self, pid: int, thread_registers: dict[int, bytes], depth: str, *,
+            dac_path: str | None = None, shard: tuple[int, int] = (0, 1)) -> None:
+        """read_clr's request alone: the worker walks while the caller does other work, then
+        takes the readout with answer()."""
+        self.wait_ready()
+        self._asked = depth
         try:
-            write_frame(self._requests, (pid, thread_registers, depth, dac_path))
+            write_frame(self._requests, (pid, thread_registers, depth, dac_path, shard))
         except OSError:
             raise self._crashed(f"walking the CLR ({depth})") from None
-        reply = self._receive(max(0.0, deadline - time.monotonic()), f"walking the CLR ({depth})")
+
+    def answer(self, timeout: float) -> ClrReadout:
+        """The readout of the request that ask() made."""
+        reply = self._receive(timeout, f"walking the CLR ({self._asked})")
         if reply[0] == "error":
             raise self._error(reply)
         return reply[1]

@@ -125,7 +125,7 @@ def _dump_linux(pid: int, output: OutputFile, mode: DumpMode, progress: DumpProg
                 clr: ClrWalk | None, started: float, dac_path: str | None,
                 pause_timeout: float) -> DumpResult:
     from minidumper import targets
-    from minidumper.engines.linux.core_writer import CoreWriter
+    from minidumper.engines.linux.core_writer import CoreWriter, build_notes
     from minidumper.engines.linux.memory import address_of
     from minidumper.engines.linux.session import PausedProcess
 
@@ -147,23 +147,36 @@ def _dump_linux(pid: int, output: OutputFile, mode: DumpMode, progress: DumpProg
             # populated only where they will stay in memory until then (output.reserve).
             output.reserve(expected + expected // 100 + OUTPUT_HEADER_ALLOWANCE)
         with PausedProcess(pid, pause_timeout) as paused:
+            clock = _PauseClock()
             snapshot = paused.snapshot()
-            # Keyed by the ids the CLR knows its threads by: those of the target's pid namespace.
-            registers = {t.target_tid: t.prstatus_regs for t in snapshot.threads}
-            clr_ranges = clr.walk(registers, modes.clr_depth(mode)) if clr else []
-            plan = select.select(snapshot, mode, paused.memory.read, clr_ranges)
+            clock.mark("snapshot")
+            if clr:
+                # Keyed by the ids the CLR knows its threads by: those of the target's pid namespace.
+                clr.start_walk({t.target_tid: t.prstatus_regs for t in snapshot.threads},
+                               modes.clr_depth(mode))
+            # While the bridge's process walks the CLR, this one plans the rest.
+            native_ranges = select.native_part(snapshot, mode, paused.memory.read)
+            notes = build_notes(snapshot)
+            clock.mark("native plan and notes")
+            clr_ranges = clr.finish_walk() if clr else []
+            clock.mark("CLR walk")
+            plan = select.select(snapshot, mode, paused.memory.read, clr_ranges, native_ranges)
+            clock.mark("plan")
             log.debug("plan: %d ranges, %d bytes: %s", len(plan.ranges), plan.total_bytes,
                       plan.bytes_by_kind())
             if progress:
                 progress.start(plan.total_bytes)
             advance = progress.advance if progress else None
-            writer = CoreWriter(output, snapshot, plan)
+            writer = CoreWriter(output, snapshot, plan, notes)
             mapping = output.map(writer.planned_size)
             if mapping is not None:
                 # The target's memory goes straight into the file's pages: one copy, then resume.
                 with address_of(mapping) as destination:
                     writer.fill(paused.memory, destination, advance)
+                clock.mark("copy")
                 paused.resume()
+                clock.mark("resume")
+                log.debug("pause: %s", clock)
                 size = writer.finish()
             else:
                 log.debug("the output cannot be mapped: writing while the target is paused")
@@ -174,6 +187,22 @@ def _dump_linux(pid: int, output: OutputFile, mode: DumpMode, progress: DumpProg
     result.runtime_version = (clr.runtime_version if clr else "") or (runtime.version if runtime else None)
     result.warnings = list(clr.warnings) if clr else []
     return result
+
+
+class _PauseClock:
+    """Where the pause went, step by step, for the debug log (-v -v)."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+        self._steps: list[tuple[str, float]] = []
+
+    def mark(self, step: str) -> None:
+        now = time.monotonic()
+        self._steps.append((step, now - self._last))
+        self._last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{step} {seconds * 1000:.1f} ms" for step, seconds in self._steps)
 
 
 def _write_windows_minidump(pid: int, path: str, mode: DumpMode) -> DumpResult:

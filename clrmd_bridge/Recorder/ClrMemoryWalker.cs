@@ -53,7 +53,31 @@ namespace ClrmdBridge
         /// target's runtime; ClrMD 4 no longer looks for it off Windows. Empty: let ClrMD look
         /// (Windows only). The caller vouches for the match: ClrMD reads .NET 10's version as 0.0,
         /// so its own check would refuse every DAC.</param>
-        public static ClrWalkResult Read(int pid, uint[] threadIds, byte[] userRegs, string depth, string dacPath)
+        public static ClrWalkResult Read(int pid, uint[] threadIds, byte[] userRegs, string depth, string dacPath) =>
+            Read(pid, threadIds, userRegs, depth, dacPath, 0, 1);
+
+        /// <summary>One share of the walk, <paramref name="shard"/> of <paramref name="shards"/>: the
+        /// dumper runs one per process, in parallel, and joins what they found.</summary>
+        public static ClrWalkResult Read(int pid, uint[] threadIds, byte[] userRegs, string depth, string dacPath, int shard, int shards)
+        {
+            try
+            {
+                return Walk(pid, threadIds, userRegs, depth, dacPath, new Shard(shard, shards));
+            }
+            catch
+            {
+                KeptTarget.Forget();   // whatever failed, the next walk attaches afresh
+                throw;
+            }
+            finally
+            {
+                // On Windows the DataTarget holds the target suspended for as long as it lives.
+                if (OperatingSystem.IsWindows())
+                    KeptTarget.Forget();
+            }
+        }
+
+        private static ClrWalkResult Walk(int pid, uint[] threadIds, byte[] userRegs, string depth, string dacPath, Shard shard)
         {
             (bool walkStacks, bool listMemory, bool walkObjects) = depth switch
             {
@@ -65,34 +89,36 @@ namespace ClrmdBridge
             Dictionary<uint, UserRegsStruct> registers = SplitRegisters(threadIds, userRegs);
 
             Stopwatch clock = Stopwatch.StartNew();
-            // On Linux the target is held by our tracer: suspend: false reads with process_vm_readv
-            // only. On Windows nobody holds it, and suspending threads there needs no tracer.
-            DataTarget live = DataTarget.AttachToProcess(pid, suspend: OperatingSystem.IsWindows(), OfflineOptions());
-            RecordingDataReader reader = new(live.DataReader, registers, innerOwner: live);
-            using DataTarget target = new(reader, OfflineOptions());  // disposes reader, then live
+            (DataTarget target, RecordingDataReader reader) = KeptTarget.For(pid, registers);
             if (target.ClrVersions.Length == 0)
                 throw new NoClrRuntimeException($"process {pid} has no .NET runtime (no libcoreclr found)");
 
             ClrInfo clr = target.ClrVersions[0];
+            // A new runtime, so a new instance of the DAC, for every walk: nothing it cached
+            // while the target ran is trusted in the pause.
             using ClrRuntime runtime = string.IsNullOrEmpty(dacPath) ? clr.CreateRuntime() : clr.CreateRuntime(dacPath, ignoreMismatch: true);
+            Timings.Say("attach", clock);
 
             MemoryList memory = new();
             List<string> warnings = new();
             string version = RuntimeVersionReader.Read(reader, clr.ModuleInfo.ImageBase)
                 ?? (clr.Version.Major != 0 ? clr.Version.ToString() : "");
             MethodToucher? methods = walkStacks ? new MethodToucher(runtime) : null;
-            (int threadsWalked, int managedFrames) = methods is not null ? WalkThreads(runtime, warnings, methods) : (0, 0);
-            Step(warnings, "modules", () => ListModules(runtime, memory));
-            if (listMemory)
+            (int threadsWalked, int managedFrames) = methods is not null ? WalkThreads(runtime, warnings, methods, shard) : (0, 0);
+            if (shard.Primary)
+                Step(warnings, "modules", () => ListModules(runtime, memory));
+            if (listMemory && shard.Primary)
+            {
                 Step(warnings, "ReadyToRun sections", () =>
                 {
                     foreach (ClrModule module in runtime.EnumerateModules())
                         foreach ((ulong start, ulong end) in ReadyToRunSections.Of(reader, module))
                             memory.Add(start, end, ReadyToRunSection);
                 });
-            if (listMemory)
                 ListClrMemory(runtime, memory, warnings);
-            IReadOnlyCollection<ulong> typesTouched = walkObjects ? TouchTypes(runtime, warnings, methods!) : Array.Empty<ulong>();
+            }
+
+            IReadOnlyCollection<ulong> typesTouched = walkObjects && shard.Secondary ? TouchTypes(runtime, warnings, methods!) : Array.Empty<ulong>();
             if (methods is not null)
             {
                 // The types of the methods on stacks and in exception traces, and of roots, handles
@@ -104,18 +130,21 @@ namespace ClrmdBridge
                 bool warmedUp = registers.Count > 0 && LoadedMethodLookups.Has(pid, clr.ModuleInfo.ImageBase);
                 if (walkObjects)
                     Step(warnings, "method table slots", () => methods.TouchSlots(warmedUp ? Array.Empty<ulong>() : typesTouched));
-                Step(warnings, "assemblies", methods.TouchAssemblies);
+                if (shard.Primary)
+                    Step(warnings, "assemblies", methods.TouchAssemblies);
                 methods.Release();
-                Step(warnings, "the DAC's memory regions", () => AddDacRegions(runtime, reader, memory, heap: walkObjects));
+                if (shard.Secondary)
+                    Step(warnings, "the DAC's memory regions", () => AddDacRegions(runtime, reader, memory, heap: walkObjects));
             }
 
             if (listMemory)   // heap, and the look before the pause
                 Step(warnings, "method lookups of loaded types", () => LoadedMethodLookups.Add(
-                    pid, clr.ModuleInfo.ImageBase, runtime, reader, held: registers.Count > 0,
+                    pid, clr.ModuleInfo.ImageBase, runtime, reader, held: registers.Count > 0, lookUp: shard.Primary,
                     (start, end) => memory.Add(start, end, DacReadOfLoadedMethods)));
 
             foreach ((ulong start, ulong end) in reader.Reads.ToMergedList())
                 memory.Add(start, end, DacRead);
+            Timings.Say($"walk ({memory.Ranges.Count / 3} ranges, {reader.CacheMisses} reads of the target)", clock);
 
             return new ClrWalkResult
             {
@@ -131,21 +160,6 @@ namespace ClrmdBridge
             };
         }
 
-        /// <summary>Nothing is ever downloaded at dump time: no symbol server, no file locator.</summary>
-        private static DataTargetOptions OfflineOptions() => new()
-        {
-            FileLocator = new OfflineFileLocator(),
-            SymbolPaths = Array.Empty<string>(),
-        };
-
-        private sealed class OfflineFileLocator : IFileLocator
-        {
-            public string? FindPEImage(string fileName, int buildTimeStamp, int imageSize, bool checkProperties) => null;
-
-            public string? FindPEImage(string fileName, SymbolProperties archivedUnder, System.Collections.Immutable.ImmutableArray<byte> buildIdOrUUID,
-                                       System.Runtime.InteropServices.OSPlatform originalPlatform, bool checkProperties) => null;
-        }
-
         private static Dictionary<uint, UserRegsStruct> SplitRegisters(uint[] threadIds, byte[] userRegs)
         {
             if (userRegs.Length != threadIds.Length * UserRegsStruct.Size)
@@ -158,12 +172,12 @@ namespace ClrmdBridge
             return registers;
         }
 
-        private static (int Threads, int ManagedFrames) WalkThreads(ClrRuntime runtime, List<string> warnings, MethodToucher methods)
+        private static (int Threads, int ManagedFrames) WalkThreads(ClrRuntime runtime, List<string> warnings, MethodToucher methods, Shard shard)
         {
-            int walked = 0, managedFrames = 0;
+            int walked = 0, managedFrames = 0, alive = 0;
             foreach (ClrThread thread in runtime.Threads)
             {
-                if (!thread.IsAlive)
+                if (!thread.IsAlive || !shard.TakesThread(alive++))
                     continue;
 
                 walked++;
@@ -239,7 +253,12 @@ namespace ClrmdBridge
             DacMemoryEnumerator.Report report = heap
                 ? DacMemoryEnumerator.Enumerate(runtime, DacMemoryEnumerator.MiniDumpWithPrivateReadWriteMemory, DacMemoryEnumerator.ClrDataEnumMemHeap2)
                 : DacMemoryEnumerator.Enumerate(runtime, DacMemoryEnumerator.MiniDumpNormal, DacMemoryEnumerator.ClrDataEnumMemMini);
+            // Thousands of small regions, most on shared pages: merged here, they cross into
+            // Python and through the plan (inside the pause) as a few hundred.
+            PageRangeSet regions = new();
             foreach ((ulong start, ulong end) in report.Regions)
+                regions.Add(start, end);
+            foreach ((ulong start, ulong end) in regions.ToMergedList())
                 memory.Add(start, end, DacEnumMemory);
             foreach ((ulong start, ulong end) in PageRanges.Subtract(reader.Reads.ToMergedList(), before))
                 memory.Add(start, end, DacEnumMemory);
@@ -325,8 +344,7 @@ namespace ClrmdBridge
             try
             {
                 action();
-                if (Environment.GetEnvironmentVariable("MINIDUMPER_BRIDGE_TIMINGS") == "1")
-                    Console.Error.WriteLine($"TIMING {what}: {stepClock.Elapsed.TotalMilliseconds:F1} ms");
+                Timings.Say(what, stepClock);
             }
             catch (Exception e) when (e is not OutOfMemoryException)
             {

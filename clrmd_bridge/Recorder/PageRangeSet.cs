@@ -47,6 +47,14 @@ namespace ClrmdBridge
             }
         }
 
+        /// <summary>[start, end), however long.</summary>
+        public void Add(ulong start, ulong end)
+        {
+            const ulong Chunk = 1UL << 30;
+            for (ulong at = start; at < end; at += Math.Min(Chunk, end - at))
+                Add(at, (int)Math.Min(Chunk, end - at));
+        }
+
         /// <summary>The ranges, sorted, with overlapping and touching ones merged.</summary>
         public List<(ulong Start, ulong End)> ToMergedList()
         {

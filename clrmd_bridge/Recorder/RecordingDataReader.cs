@@ -19,18 +19,35 @@ namespace ClrmdBridge
     {
         private readonly IDataReader _inner;
         private readonly IDisposable? _innerOwner;
-        private readonly IReadOnlyDictionary<uint, UserRegsStruct> _registers;
-        private readonly PageCache? _cache;
+        private IReadOnlyDictionary<uint, UserRegsStruct> _registers;
+        private PageCache? _cache;
 
         public RecordingDataReader(IDataReader inner, IReadOnlyDictionary<uint, UserRegsStruct> registers, IDisposable? innerOwner)
         {
             _inner = inner;
-            _registers = registers;
             _innerOwner = innerOwner;
-            // Registers come only from a target our engine holds: then its memory cannot change
-            // for as long as this reader lives (one walk), and a cache is safe.
-            if (registers.Count > 0 && Environment.GetEnvironmentVariable(NoPageCacheVariable) != "1")
-                _cache = new PageCache((address, buffer) => buffer.IsEmpty ? 0 : _inner.Read(address, buffer));
+            _registers = registers;
+            StartRecording(registers);
+        }
+
+        /// <summary>Starts a walk afresh: these registers, nothing recorded, and the target's memory
+        /// and mappings read anew. Registers come only from a target our engine holds, whose
+        /// memory cannot change until the walk ends; a walk of a running target (the warm-up) is
+        /// cached too: it is an estimate, and a copy taken once is no less consistent than one
+        /// read again and again while the target runs.</summary>
+        public void BeginWalk(IReadOnlyDictionary<uint, UserRegsStruct> registers)
+        {
+            _inner.FlushCachedData();   // the live reader reads only inside the mappings it last listed
+            StartRecording(registers);
+        }
+
+        private void StartRecording(IReadOnlyDictionary<uint, UserRegsStruct> registers)
+        {
+            _registers = registers;
+            Reads = new PageRangeSet();
+            _cache = Environment.GetEnvironmentVariable(NoPageCacheVariable) == "1"
+                ? null
+                : new PageCache((address, buffer) => buffer.IsEmpty ? 0 : _inner.Read(address, buffer));
         }
 
         /// <summary>"1" turns the page cache off (for tests and measurements).</summary>
@@ -39,7 +56,7 @@ namespace ClrmdBridge
         /// <summary>Reads that reached the target (one process_vm_readv each, about).</summary>
         public long CacheMisses => _cache?.Misses ?? Reads.ReadCount;
 
-        public PageRangeSet Reads { get; } = new();
+        public PageRangeSet Reads { get; private set; } = new();
 
         public string DisplayName => _inner.DisplayName;
         public bool IsThreadSafe => false;

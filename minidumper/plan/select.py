@@ -28,8 +28,26 @@ def dumpable(mapping: Mapping) -> bool:
 
 
 def select(snapshot: ProcessSnapshot, mode: DumpMode, read: native.ReadMemory,
-           clr_ranges: Sequence[tuple[int, int, str]] = ()) -> DumpPlan:
-    """The plan for a mode. clr_ranges are the bridge's (start, end, ClrMD kind)."""
+           clr_ranges: Sequence[tuple[int, int, str]] = (),
+           native_ranges: list[MemoryRange] | None = None) -> DumpPlan:
+    """The plan for a mode. clr_ranges are the bridge's (start, end, ClrMD kind); native_ranges
+    are native_part()'s, where it ran already (while the bridge walked)."""
+    parts = MODE_PARTS[mode]
+    wanted = list(native_part(snapshot, mode, read) if native_ranges is None else native_ranges)
+    clr_pieces = _clr_pieces(mode, clr_ranges)
+    wanted += clr_pieces
+    wanted += file_copies.elsewhere([r for r in clr_pieces if r.kind in _FILE_BYTES_KINDS], snapshot.mappings)
+
+    ranges = clip_to(merge_by_priority(wanted), [m for m in snapshot.mappings if dumpable(m)])
+    synthetic = []
+    base = native.runtime_base(snapshot, read)
+    if Part.DIAG_INFO in parts and base is not None and not _overlaps(ranges, DIAG_INFO_ADDRESS):
+        synthetic.append(SyntheticRange(DIAG_INFO_ADDRESS, diag_info_page(base), RangeKind.DIAG_INFO))
+    return DumpPlan(mode=mode, ranges=ranges, synthetic=synthetic)
+
+
+def native_part(snapshot: ProcessSnapshot, mode: DumpMode, read: native.ReadMemory) -> list[MemoryRange]:
+    """What a mode takes that the snapshot and the target's memory tell, without the CLR."""
     parts = MODE_PARTS[mode]
     wanted: list[MemoryRange] = []
     if Part.ALL_MAPPINGS in parts:
@@ -51,16 +69,7 @@ def select(snapshot: ProcessSnapshot, mode: DumpMode, read: native.ReadMemory,
         wanted += native.runtime_data(snapshot, read)
     if Part.PE_HEADERS in parts:
         wanted += native.pe_headers(snapshot, read)
-    clr_pieces = _clr_pieces(mode, clr_ranges)
-    wanted += clr_pieces
-    wanted += file_copies.elsewhere([r for r in clr_pieces if r.kind in _FILE_BYTES_KINDS], snapshot.mappings)
-
-    ranges = clip_to(merge_by_priority(wanted), [m for m in snapshot.mappings if dumpable(m)])
-    synthetic = []
-    base = native.runtime_base(snapshot, read)
-    if Part.DIAG_INFO in parts and base is not None and not _overlaps(ranges, DIAG_INFO_ADDRESS):
-        synthetic.append(SyntheticRange(DIAG_INFO_ADDRESS, diag_info_page(base), RangeKind.DIAG_INFO))
-    return DumpPlan(mode=mode, ranges=ranges, synthetic=synthetic)
+    return wanted
 
 
 def expected_bytes(mode: DumpMode, mappings: list[Mapping],
