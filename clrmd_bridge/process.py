@@ -95,22 +95,21 @@ class ClrWalkerProcess:
         self._ready = True
 
     def read_clr(self, pid: int, thread_registers: dict[int, bytes], depth: str, *,
-                 dac_path: str | None = None, timeout: float,
-                 shard: tuple[int, int] = (0, 1)) -> ClrReadout:
+                 dac_path: str | None = None, timeout: float) -> ClrReadout:
         """clrmd_bridge.read_clr, in the worker. Raises BridgeCrashedError when it dies or takes
         longer than timeout (it is then ended), and the worker's own errors as they are."""
         deadline = time.monotonic() + timeout
-        self.ask(pid, thread_registers, depth, dac_path=dac_path, shard=shard)
+        self.ask(pid, thread_registers, depth, dac_path=dac_path)
         return self.answer(max(0.0, deadline - time.monotonic()))
 
     def ask(self, pid: int, thread_registers: dict[int, bytes], depth: str, *,
-            dac_path: str | None = None, shard: tuple[int, int] = (0, 1)) -> None:
+            dac_path: str | None = None) -> None:
         """read_clr's request alone: the worker walks while the caller does other work, then
         takes the readout with answer()."""
         self.wait_ready()
         self._asked = depth
         try:
-            write_frame(self._requests, (pid, thread_registers, depth, dac_path, shard))
+            write_frame(self._requests, (pid, thread_registers, depth, dac_path))
         except OSError:
             raise self._crashed(f"walking the CLR ({depth})") from None
 

@@ -83,7 +83,7 @@ def dac_beside_runtime(pid: int) -> str | None:
 
 
 def read_clr(pid: int, thread_registers: dict[int, bytes], depth: str, *,
-             dac_path: str | None = None, shard: tuple[int, int] = (0, 1)) -> ClrReadout:
+             dac_path: str | None = None) -> ClrReadout:
     """Walk the CLR of a live process, which may be held stopped by our PTRACE_SEIZE.
 
     ``thread_registers`` maps each thread id to its raw x86-64 ``user_regs_struct`` (NT_PRSTATUS),
@@ -92,8 +92,6 @@ def read_clr(pid: int, thread_registers: dict[int, bytes], depth: str, *,
     (GC segments and native heaps only: quick, and safe on a target nobody holds).
     ``dac_path`` is the runtime's libmscordaccore.so for the target's exact runtime version;
     None takes the one beside the target's libcoreclr.so. Nothing is ever downloaded.
-    ``shard`` (index, count): this call's share of the walk, where ``count`` processes walk the
-    same held target at once, each with its own DAC; their readouts together are the walk's.
     """
     if depth not in DEPTHS:
         raise ValueError(f"depth must be one of {DEPTHS}, not {depth!r}")
@@ -111,7 +109,7 @@ def read_clr(pid: int, thread_registers: dict[int, bytes], depth: str, *,
     tids = _to_net_array(System, System.UInt32, array.array("I", thread_registers).tobytes())
     regs = _to_net_array(System, System.Byte, b"".join(thread_registers.values()))
     try:
-        result = ClrMemoryWalker.Read(pid, tids, regs, depth, dac_path or "", shard[0], shard[1])
+        result = ClrMemoryWalker.Read(pid, tids, regs, depth, dac_path or "")
     except NoClrRuntimeException as e:
         raise NoClrRuntimeError(str(e.Message)) from None
     except System.Exception as e:

@@ -3,12 +3,11 @@ while module code and native memory stay out."""
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
 
-from conftest import clrmd_read, dump, gdb_batch, load_segments, run_minidumper, sos
+from conftest import clrmd_read, dump, gdb_batch, load_segments, sos
 
 PARKED_METHODS = ("WaitInAlpha", "WaitInBeta", "WaitInGamma", "ParkMain")
 
@@ -120,30 +119,3 @@ def test_heap_dump_names_types_made_at_run_time(dumps):
     heap = clrmd_read("--dump", str(paths["heap"]))
     assert heap["histogram"]["HeapFixture.Dynamic.Widget"]["count"] == 25
     assert heap["histogram"]["HeapFixture.Dynamic.Widget"] == live["histogram"]["HeapFixture.Dynamic.Widget"]
-
-
-@pytest.mark.parametrize("walkers", ["1", "2"])
-def test_one_or_two_walker_processes_read_the_same(dumps, heap_app, tmp_path, monkeypatch, walkers):
-    # The CLR walk in one process, or shared by two (the default where two CPUs are free): the
-    # same answers either way.
-    paths, _, live = dumps
-    monkeypatch.setenv("MINIDUMPER_CLR_WALKERS", walkers)
-    full = clrmd_read("--dump", str(paths["full"]))
-    for mode in ("heap", "mini"):
-        dump(heap_app, tmp_path / f"{mode}.core", mode)
-        read = clrmd_read("--dump", str(tmp_path / f"{mode}.core"))
-        assert read["threads"] == full["threads"] == live["threads"]
-        if mode == "heap":
-            assert read["histogram"] == full["histogram"]
-            assert read["roots"] == full["roots"] and read["handles"] == full["handles"]
-            assert read["invalid_object_count"] == 0
-    assert "WaitInAlpha" in sos(tmp_path / "mini.core", "clrstack -all")
-
-
-def test_a_walker_count_out_of_range_is_a_usage_error(heap_app, tmp_path, monkeypatch):
-    monkeypatch.setenv("MINIDUMPER_CLR_WALKERS", "3")
-    result = run_minidumper("--pid", str(heap_app.pid), "-f", str(tmp_path / "x.core"), "--heap", "--json")
-    assert result.returncode == 2
-    assert "MINIDUMPER_CLR_WALKERS" in json.loads(result.stdout)["error"]
-    assert not (tmp_path / "x.core").exists()
-    heap_app.assert_running()

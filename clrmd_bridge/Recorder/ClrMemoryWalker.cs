@@ -53,16 +53,11 @@ namespace ClrmdBridge
         /// target's runtime; ClrMD 4 no longer looks for it off Windows. Empty: let ClrMD look
         /// (Windows only). The caller vouches for the match: ClrMD reads .NET 10's version as 0.0,
         /// so its own check would refuse every DAC.</param>
-        public static ClrWalkResult Read(int pid, uint[] threadIds, byte[] userRegs, string depth, string dacPath) =>
-            Read(pid, threadIds, userRegs, depth, dacPath, 0, 1);
-
-        /// <summary>One share of the walk, <paramref name="shard"/> of <paramref name="shards"/>: the
-        /// dumper runs one per process, in parallel, and joins what they found.</summary>
-        public static ClrWalkResult Read(int pid, uint[] threadIds, byte[] userRegs, string depth, string dacPath, int shard, int shards)
+        public static ClrWalkResult Read(int pid, uint[] threadIds, byte[] userRegs, string depth, string dacPath)
         {
             try
             {
-                return Walk(pid, threadIds, userRegs, depth, dacPath, new Shard(shard, shards));
+                return Walk(pid, threadIds, userRegs, depth, dacPath);
             }
             catch
             {
@@ -77,7 +72,7 @@ namespace ClrmdBridge
             }
         }
 
-        private static ClrWalkResult Walk(int pid, uint[] threadIds, byte[] userRegs, string depth, string dacPath, Shard shard)
+        private static ClrWalkResult Walk(int pid, uint[] threadIds, byte[] userRegs, string depth, string dacPath)
         {
             (bool walkStacks, bool listMemory, bool walkObjects) = depth switch
             {
@@ -104,21 +99,18 @@ namespace ClrmdBridge
             string version = RuntimeVersionReader.Read(reader, clr.ModuleInfo.ImageBase)
                 ?? (clr.Version.Major != 0 ? clr.Version.ToString() : "");
             MethodToucher? methods = walkStacks ? new MethodToucher(runtime) : null;
-            (int threadsWalked, int managedFrames) = methods is not null ? WalkThreads(runtime, warnings, methods, shard) : (0, 0);
-            if (shard.Primary)
-                Step(warnings, "modules", () => ListModules(runtime, memory));
-            if (listMemory && shard.Primary)
-            {
+            (int threadsWalked, int managedFrames) = methods is not null ? WalkThreads(runtime, warnings, methods) : (0, 0);
+            Step(warnings, "modules", () => ListModules(runtime, memory));
+            if (listMemory)
                 Step(warnings, "ReadyToRun sections", () =>
                 {
                     foreach (ClrModule module in runtime.EnumerateModules())
                         foreach ((ulong start, ulong end) in ReadyToRunSections.Of(reader, module))
                             memory.Add(start, end, ReadyToRunSection);
                 });
+            if (listMemory)
                 ListClrMemory(runtime, memory, warnings);
-            }
-
-            IReadOnlyCollection<ulong> typesTouched = walkObjects && shard.Secondary ? TouchTypes(runtime, warnings, methods!) : Array.Empty<ulong>();
+            IReadOnlyCollection<ulong> typesTouched = walkObjects ? TouchTypes(runtime, warnings, methods!) : Array.Empty<ulong>();
             if (methods is not null)
             {
                 // The types of the methods on stacks and in exception traces, and of roots, handles
@@ -130,16 +122,14 @@ namespace ClrmdBridge
                 bool warmedUp = registers.Count > 0 && LoadedMethodLookups.Has(pid, clr.ModuleInfo.ImageBase);
                 if (walkObjects)
                     Step(warnings, "method table slots", () => methods.TouchSlots(warmedUp ? Array.Empty<ulong>() : typesTouched));
-                if (shard.Primary)
-                    Step(warnings, "assemblies", methods.TouchAssemblies);
+                Step(warnings, "assemblies", methods.TouchAssemblies);
                 methods.Release();
-                if (shard.Secondary)
-                    Step(warnings, "the DAC's memory regions", () => AddDacRegions(runtime, reader, memory, heap: walkObjects));
+                Step(warnings, "the DAC's memory regions", () => AddDacRegions(runtime, reader, memory, heap: walkObjects));
             }
 
             if (listMemory)   // heap, and the look before the pause
                 Step(warnings, "method lookups of loaded types", () => LoadedMethodLookups.Add(
-                    pid, clr.ModuleInfo.ImageBase, runtime, reader, held: registers.Count > 0, lookUp: shard.Primary,
+                    pid, clr.ModuleInfo.ImageBase, runtime, reader, held: registers.Count > 0,
                     (start, end) => memory.Add(start, end, DacReadOfLoadedMethods)));
 
             foreach ((ulong start, ulong end) in reader.Reads.ToMergedList())
@@ -172,12 +162,12 @@ namespace ClrmdBridge
             return registers;
         }
 
-        private static (int Threads, int ManagedFrames) WalkThreads(ClrRuntime runtime, List<string> warnings, MethodToucher methods, Shard shard)
+        private static (int Threads, int ManagedFrames) WalkThreads(ClrRuntime runtime, List<string> warnings, MethodToucher methods)
         {
-            int walked = 0, managedFrames = 0, alive = 0;
+            int walked = 0, managedFrames = 0;
             foreach (ClrThread thread in runtime.Threads)
             {
-                if (!thread.IsAlive || !shard.TakesThread(alive++))
+                if (!thread.IsAlive)
                     continue;
 
                 walked++;

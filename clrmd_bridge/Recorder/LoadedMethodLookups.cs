@@ -33,10 +33,8 @@ namespace ClrmdBridge
 
         /// <param name="held">The target is paused: add what the walk before the pause found;
         /// otherwise look it up now.</param>
-        /// <param name="lookUp">False: only keep the pages this walk read (a share of the walk
-        /// that another process does the lookups for).</param>
         public static void Add(int pid, ulong runtimeBase, ClrRuntime runtime, RecordingDataReader reader, bool held,
-                               bool lookUp, Action<ulong, ulong> add)
+                               Action<ulong, ulong> add)
         {
             (int, ulong) key = (pid, runtimeBase);
             if (!held)
@@ -44,8 +42,7 @@ namespace ClrmdBridge
                 MethodToucher methods = new(runtime);
                 try
                 {
-                    if (lookUp)
-                        methods.TouchSlotLookups(AllLoadedTypes(runtime), Budget);
+                    methods.TouchSlotLookups(AllLoadedTypes(runtime), Budget);
                 }
                 finally
                 {
