@@ -1,6 +1,7 @@
 using System;
 using System.Collections.Generic;
 using System.Diagnostics;
+using System.Linq;
 using Microsoft.Diagnostics.Runtime;
 
 namespace ClrmdBridge
@@ -82,6 +83,9 @@ namespace ClrmdBridge
                 ?? (clr.Version.Major != 0 ? clr.Version.ToString() : "");
             MethodToucher? methods = walkStacks ? new MethodToucher(runtime) : null;
             (int threadsWalked, int managedFrames) = methods is not null ? WalkThreads(runtime, warnings, methods) : (0, 0);
+            if (walkStacks)   // clrstack -a
+                Step(warnings, "arguments and locals", () => FrameValueToucher.TouchThreads(
+                    runtime, runtime.Threads.Where(t => t.IsAlive).Select(t => t.OSThreadId)));
             Step(warnings, "modules", () => ListModules(runtime, memory));
             if (listMemory)
                 Step(warnings, "ReadyToRun sections", () =>
