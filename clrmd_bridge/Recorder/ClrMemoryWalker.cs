@@ -1,7 +1,6 @@
 using System;
 using System.Collections.Generic;
 using System.Diagnostics;
-using System.Linq;
 using Microsoft.Diagnostics.Runtime;
 
 namespace ClrmdBridge
@@ -84,8 +83,7 @@ namespace ClrmdBridge
             MethodToucher? methods = walkStacks ? new MethodToucher(runtime) : null;
             (int threadsWalked, int managedFrames) = methods is not null ? WalkThreads(runtime, warnings, methods) : (0, 0);
             if (walkStacks)   // clrstack -a
-                Step(warnings, "arguments and locals", () => FrameValueToucher.TouchThreads(
-                    runtime, runtime.Threads.Where(t => t.IsAlive).Select(t => t.OSThreadId)));
+                Step(warnings, "arguments and locals", () => FrameValueToucher.TouchThreads(runtime));
             Step(warnings, "modules", () => ListModules(runtime, memory));
             if (listMemory)
                 Step(warnings, "ReadyToRun sections", () =>
