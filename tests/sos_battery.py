@@ -21,7 +21,7 @@ FIXED_COMMANDS = (
     "dumpgen gen2", "dumpexceptions", "pe -nested",
 )
 # What a mini dump must answer as a full one does: the managed stacks and their methods.
-STACK_COMMANDS = ("clrthreads", "clrstack -all", "clrstack -a -all", "clrstack -f -all")
+STACK_COMMANDS = ("clrthreads", "clrstack -all", "clrstack -a -all", "clrstack -f -all", "pstacks")
 
 HEX = r"[0-9a-fA-F]{8,16}"
 MAX_ADDRESSES = 40     # of each sort: keeps a session of a busy app to seconds

@@ -100,6 +100,8 @@ namespace ClrmdBridge
                 ?? (clr.Version.Major != 0 ? clr.Version.ToString() : "");
             MethodToucher? methods = walkStacks ? new MethodToucher(runtime) : null;
             (int threadsWalked, int managedFrames) = methods is not null ? WalkThreads(runtime, warnings, methods) : (0, 0);
+            if (walkStacks)   // clrstack -a
+                Step(warnings, "arguments and locals", () => FrameValueToucher.TouchThreads(runtime));
             Step(warnings, "modules", () => ListModules(runtime, memory));
             if (listMemory)
                 Step(warnings, "ReadyToRun sections", () =>
