@@ -9,7 +9,8 @@ namespace ClrmdBridge
     /// dumpmd, ip2md on ReadyToRun code): the code-range lookup of every method table slot's code
     /// address, which leads through the range section map to a ReadyToRun module's entry point ->
     /// MethodDesc map (native memory), the MethodDesc's data and code versions, its exception
-    /// clauses (ReadyToRun), and each type's AssemblyLoadContext. Some tens of KiB,
+    /// clauses (ReadyToRun), each type's AssemblyLoadContext, and what dumpobj reads of each
+    /// type's fields (FieldTypeLookups). Some tens of KiB,
     /// but O(loaded methods) DAC calls: too slow for a paused target. So the pages are found while
     /// the target runs (the warm-up walk before the pause) and kept in this process, with every
     /// other page that walk read, for the walk in the pause, which adds them without asking again;
@@ -23,6 +24,7 @@ namespace ClrmdBridge
         // types the lookups stop there, and the types left are those a debugger is least likely
         // to ask about (their modules were loaded last).
         private static readonly TimeSpan Budget = TimeSpan.FromSeconds(4);
+        private static readonly TimeSpan FieldBudget = TimeSpan.FromSeconds(2);
 
         /// <summary>Whether a walk before the pause left its pages here.</summary>
         public static bool Has(int pid, ulong runtimeBase)
@@ -39,15 +41,18 @@ namespace ClrmdBridge
             (int, ulong) key = (pid, runtimeBase);
             if (!held)
             {
+                HashSet<ulong> loadedTypes = AllLoadedTypes(runtime);
                 MethodToucher methods = new(runtime);
                 try
                 {
-                    methods.TouchSlotLookups(AllLoadedTypes(runtime), Budget);
+                    methods.TouchSlotLookups(loadedTypes, Budget);
                 }
                 finally
                 {
                     methods.Release();
                 }
+
+                FieldTypeLookups.Touch(runtime, loadedTypes, FieldBudget);
 
                 // Every page this walk read so far: the lookups also went through pages that it
                 // read before them (range sections, ReadyToRun info), which the walk in the pause
