@@ -27,7 +27,7 @@ namespace ClrmdBridge
         private const int ScratchBytes = 1024;               // larger than any Dacp* record asked for here
 
         /// <summary>Asks for the fields each method table introduces, until the budget is spent.</summary>
-        public static void Touch(ClrRuntime runtime, IEnumerable<ulong> methodTables, TimeSpan budget)
+        public static void Touch(ClrRuntime runtime, IDataReader reader, IEnumerable<ulong> methodTables, TimeSpan budget)
         {
             IntPtr process = DacMemoryEnumerator.FindClrDataProcess(runtime) ?? IntPtr.Zero;
             IntPtr sos = DacMemoryEnumerator.QueryInterface(process, IidSosDac);
@@ -45,7 +45,11 @@ namespace ClrmdBridge
                     if (clock.Elapsed > budget)
                         break;
                     int count = IntroducedFields(sos, getMethodTableData, getFieldData, methodTable, scratch, out ulong field);
-                    for (int i = 0; i < count && field != 0; i++)
+                    // A FieldDesc begins with its enclosing MethodTable, the same all along one
+                    // type's list: past its end lies something else, which the DAC must not get
+                    // (it faults on some of that).
+                    ulong enclosing = field != 0 ? reader.ReadPointer(field) : 0;
+                    for (int i = 0; i < count && field != 0 && enclosing != 0 && reader.ReadPointer(field) == enclosing; i++)
                     {
                         if (getFieldDescData(sos, field, scratch) != 0)
                             break;
@@ -59,8 +63,8 @@ namespace ClrmdBridge
             }
         }
 
-        /// <summary>How many FieldDescs the type's own list holds (its statics, and the instance
-        /// fields it adds to its parent's), and the first of them.</summary>
+        /// <summary>How many FieldDescs the type's own list holds (its statics, thread statics
+        /// among them, and the instance fields it adds to its parent's), and the first of them.</summary>
         private static int IntroducedFields(IntPtr sos, delegate* unmanaged<IntPtr, ulong, byte*, int> getMethodTableData,
                                             delegate* unmanaged<IntPtr, ulong, byte*, int> getFieldData, ulong methodTable,
                                             byte* scratch, out ulong first)
@@ -74,7 +78,7 @@ namespace ClrmdBridge
                 return 0;
             first = *(ulong*)(scratch + FieldDataFirstField);
             int instance = *(ushort*)scratch - parentInstance;
-            return Math.Max(0, instance) + *(ushort*)(scratch + 2) + *(ushort*)(scratch + 4);
+            return Math.Max(0, instance) + *(ushort*)(scratch + 2);
         }
     }
 }

@@ -52,7 +52,7 @@ namespace ClrmdBridge
                     methods.Release();
                 }
 
-                FieldTypeLookups.Touch(runtime, loadedTypes, FieldBudget);
+                FieldTypeLookups.Touch(runtime, reader, loadedTypes, FieldBudget);
 
                 // Every page this walk read so far: the lookups also went through pages that it
                 // read before them (range sections, ReadyToRun info), which the walk in the pause
