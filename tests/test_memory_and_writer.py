@@ -3,6 +3,8 @@ taken where the output cannot be mapped."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import mmap
 import os
 import subprocess
@@ -18,15 +20,23 @@ from minidumper.output import OutputFile
 import minidumper
 
 
-def test_fill_skips_pages_that_cannot_be_read(tmp_path):
-    # A one-page file mapped over three pages: the two pages past its end fault (SIGBUS).
+@contextlib.contextmanager
+def three_pages_two_faulting(tmp_path):
+    """The address of a one-page file mapped over three pages: the two past its end fault
+    (SIGBUS); the first holds b"A"s."""
     backing = tmp_path / "one-page"
     backing.write_bytes(b"A" * 3 * PAGE_SIZE)
     with open(backing, "r+b") as f:
         mapped = mmap.mmap(f.fileno(), 3 * PAGE_SIZE, prot=mmap.PROT_READ)
         f.truncate(PAGE_SIZE)
     try:
-        address = _address_of(mapped)
+        yield _address_of(mapped)
+    finally:
+        mapped.close()
+
+
+def test_fill_skips_pages_that_cannot_be_read(tmp_path):
+    with three_pages_two_faulting(tmp_path) as address:
         memory = ProcessMemory(os.getpid())
         destination = bytearray(b"\xee" * 3 * PAGE_SIZE)
         with address_of(destination) as pointer:
@@ -37,21 +47,13 @@ def test_fill_skips_pages_that_cannot_be_read(tmp_path):
         pieces = list(memory.read_pieces(address, address + 3 * PAGE_SIZE))
         assert [(a, bytes(d)) for a, d in pieces] == [(address, b"A" * PAGE_SIZE)]
         assert memory.read(address, 3 * PAGE_SIZE) == b"A" * PAGE_SIZE
-    finally:
-        mapped.close()
 
 
 def test_fill_many_reads_batches_and_keeps_what_is_readable_around_a_hole(tmp_path):
     # Many small pieces in one call, with one that runs into the faulting pages in the middle:
     # every piece before and after it is read whole, and it keeps its readable page.
-    backing = tmp_path / "one-page"
-    backing.write_bytes(b"A" * 3 * PAGE_SIZE)
-    with open(backing, "r+b") as f:
-        mapped = mmap.mmap(f.fileno(), 3 * PAGE_SIZE, prot=mmap.PROT_READ)
-        f.truncate(PAGE_SIZE)
     own = bytes(range(256)) * (1200 * 16)    # 1200 pages of our own memory
-    try:
-        hole = _address_of(mapped)
+    with three_pages_two_faulting(tmp_path) as hole:
         memory = ProcessMemory(os.getpid())
         base = _buffer_address(own)
         wanted = [(base + i * PAGE_SIZE, base + i * PAGE_SIZE + 100) for i in range(1100)]
@@ -70,12 +72,9 @@ def test_fill_many_reads_batches_and_keeps_what_is_readable_around_a_hole(tmp_pa
         assert destination[:100] == own[:100]
         assert destination[-100:] == own[1099 * PAGE_SIZE:1099 * PAGE_SIZE + 100]
         assert destination[700 * 100:700 * 100 + PAGE_SIZE] == b"A" * PAGE_SIZE
-    finally:
-        mapped.close()
 
 
 def _buffer_address(data: bytes) -> int:
-    import ctypes
     return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
 
 
