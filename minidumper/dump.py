@@ -190,7 +190,7 @@ def _dump_linux(pid: int, output: OutputFile, mode: DumpMode, progress: DumpProg
 
 
 class _PauseClock:
-    """Where the pause went, step by step, for the debug log (-v -v)."""
+    """Where the pause went, step by step, for the debug log (-v)."""
 
     def __init__(self) -> None:
         self._last = time.monotonic()
