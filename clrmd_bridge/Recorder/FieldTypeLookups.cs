@@ -2,6 +2,7 @@ using System;
 using System.Collections.Generic;
 using System.Diagnostics;
 using Microsoft.Diagnostics.Runtime;
+using static ClrmdBridge.SosDacLayout;
 
 namespace ClrmdBridge
 {
@@ -15,17 +16,6 @@ namespace ClrmdBridge
     /// </summary>
     internal static unsafe class FieldTypeLookups
     {
-        private static readonly Guid IidSosDac = new("436f00f2-b42a-4b9f-870c-e73db66ae930");
-
-        // ISOSDacInterface's vtable (sospriv.idl; IUnknown's three slots first).
-        private const int SlotGetMethodTableData = 37;
-        private const int SlotGetMethodTableFieldData = 39;
-        private const int SlotGetFieldDescData = 42;
-        private const int MethodTableDataParent = 24;        // DacpMethodTableData.ParentMethodTable
-        private const int FieldDataFirstField = 8;           // DacpMethodTableFieldData.FirstField
-        private const int FieldDescDataNextField = 56;       // DacpFieldDescData.NextField
-        private const int ScratchBytes = 1024;               // larger than any Dacp* record asked for here
-
         /// <summary>Asks for the fields each method table introduces, until the budget is spent.</summary>
         public static void Touch(ClrRuntime runtime, IDataReader reader, IEnumerable<ulong> methodTables, TimeSpan budget)
         {

@@ -2,6 +2,7 @@ using System;
 using System.Collections.Generic;
 using System.Runtime.InteropServices;
 using Microsoft.Diagnostics.Runtime;
+using static ClrmdBridge.SosDacLayout;
 
 namespace ClrmdBridge
 {
@@ -15,29 +16,8 @@ namespace ClrmdBridge
     /// </summary>
     public sealed unsafe class MethodToucher
     {
-        private static readonly Guid IidSosDac = new("436f00f2-b42a-4b9f-870c-e73db66ae930");
-        private static readonly Guid IidSosDac5 = new("127d6abe-6c86-4e48-8e7b-220781c58101");
-        private static readonly Guid IidSosDac8 = new("c12f35a9-e55c-4520-a894-b3dc5165dfce");
-        private static readonly Guid IidSosDac7 = new("c1020dde-fe98-4536-a53b-f35a74c327eb");
         private const int MaxTieredVersions = 64;
         private const int MaxTraceDepth = 8;       // inner exceptions followed
-        private const int ScratchBytes = 1024;     // larger than any Dacp* record asked for here
-
-        // ISOSDacInterface's vtable (sospriv.idl; IUnknown's three slots first).
-        private const int SlotGetAssemblyData = 10;
-        private const int SlotGetAssemblyName = 11;
-        private const int SlotGetAssemblyLocation = 85;
-        private const int SlotGetMethodDescData = 20;
-        private const int SlotGetMethodDescPtrFromIP = 21;
-        private const int SlotGetCodeHeaderData = 26;
-        private const int SlotGetMethodTableData = 37;
-        private const int SlotTraverseEHInfo = 64;
-        private const int SlotGetMethodTableSlot = 38;
-        private const int SlotGetAssemblyLoadContext = 8;   // ISOSDacInterface8, after five GC methods
-        private const int MethodTableDataNumMethods = 34;   // DacpMethodTableData.wNumMethods
-        private const int CodeHeaderDataJitType = 8;        // DacpCodeHeaderData.JITType
-        private const int CodeHeaderDataMethodDesc = 16;    // DacpCodeHeaderData.MethodDescPtr
-        private const int JitTypeJit = 1;                   // JITTypes.TYPE_JIT
 
         private readonly ClrRuntime _runtime;
         private readonly IntPtr _sosDac;
