@@ -102,7 +102,7 @@ class ProcessMemory:
                 start, end, _ = pieces[index + offset]
                 yield index + offset, start, end - start
             index += done
-            if done < batch or batch <= 1:
+            if done < batch or batch == 0:
                 # A piece with an unreadable page (or a big one): on its own, page by page.
                 start, end, destination = pieces[index]
                 for address, count in self.fill(start, end, destination):

@@ -76,8 +76,8 @@ class ThreadGroupTracer:
 
     def get_regsets(self, tids: list[int], sets: list[tuple[int, int]]) -> dict[int, list[bytes | None]]:
         """Each (note type, size) register set of each stopped thread (None where the kernel has
-        no such set), in one hand-off to the tracer
-        thread (one per set and thread costs tens of microseconds each, in the pause)."""
+        no such set), in one hand-off to the tracer thread (one per set and thread costs tens of
+        microseconds each, in the pause)."""
         return self._thread.call(self._get_regsets, tids, sets)
 
     def resume(self) -> None:
