@@ -13,4 +13,5 @@ from .host import load as load
 from .process import ClrWalkerProcess as ClrWalkerProcess
 from .runtime import ClrMemory as ClrMemory
 from .runtime import ClrReadout as ClrReadout
+from .runtime import MemoryCopy as MemoryCopy
 from .runtime import read_clr as read_clr

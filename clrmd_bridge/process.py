@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from . import errors
-from .runtime import ClrReadout
+from .runtime import ClrReadout, MemoryCopy
 from .frames import read_frame, write_frame
 
 log = logging.getLogger(__name__)
@@ -103,13 +103,13 @@ class ClrWalkerProcess:
         return self.answer(max(0.0, deadline - time.monotonic()))
 
     def ask(self, pid: int, thread_registers: dict[int, bytes], depth: str, *,
-            dac_path: str | None = None) -> None:
+            dac_path: str | None = None, copy: MemoryCopy | None = None) -> None:
         """read_clr's request alone: the worker walks while the caller does other work, then
         takes the readout with answer()."""
         self.wait_ready()
         self._asked = depth
         try:
-            write_frame(self._requests, (pid, thread_registers, depth, dac_path))
+            write_frame(self._requests, (pid, thread_registers, depth, dac_path, copy))
         except OSError:
             raise self._crashed(f"walking the CLR ({depth})") from None
 

@@ -28,6 +28,7 @@ NATIVE_HEAP_PREFIX = "NativeHeap:"   # + NativeHeapKind: LoaderCodeHeap, HandleT
 JIT_CODE_HEAP = "JitCodeHeap"        # the JIT managers' code heaps
 MODULE_IMAGE = "ModuleImage"         # a managed module's image (ImageBase, Size): informational
 DAC_READ = "DacRead"                 # pages that ClrMD and the DAC read during the walk
+DAC_READ_MISSED = "DacReadMissed"    # pages a walk of a copy asked for and the copy lacked
 
 
 class ClrMemory(NamedTuple):
@@ -82,8 +83,17 @@ def dac_beside_runtime(pid: int) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class MemoryCopy:
+    """A copy of the target's memory taken in a pause, in a file (the dump being written):
+    pieces are (address, file offset, size), sorted by address."""
+
+    path: str
+    pieces: list[tuple[int, int, int]]
+
+
 def read_clr(pid: int, thread_registers: dict[int, bytes], depth: str, *,
-             dac_path: str | None = None) -> ClrReadout:
+             dac_path: str | None = None, copy: MemoryCopy | None = None) -> ClrReadout:
     """Walk the CLR of a live process, which may be held stopped by our PTRACE_SEIZE.
 
     ``thread_registers`` maps each thread id to its raw x86-64 ``user_regs_struct`` (NT_PRSTATUS),
@@ -92,6 +102,8 @@ def read_clr(pid: int, thread_registers: dict[int, bytes], depth: str, *,
     (GC segments and native heaps only: quick, and safe on a target nobody holds).
     ``dac_path`` is the runtime's libmscordaccore.so for the target's exact runtime version;
     None takes the one beside the target's libcoreclr.so. Nothing is ever downloaded.
+    ``copy``: the walk reads this copy of the target's memory instead of the target (which may
+    run again); the pages it lacked come back as DAC_READ_MISSED ranges.
     """
     if depth not in DEPTHS:
         raise ValueError(f"depth must be one of {DEPTHS}, not {depth!r}")
@@ -108,8 +120,11 @@ def read_clr(pid: int, thread_registers: dict[int, bytes], depth: str, *,
     started = time.perf_counter()
     tids = _to_net_array(System, System.UInt32, array.array("I", thread_registers).tobytes())
     regs = _to_net_array(System, System.Byte, b"".join(thread_registers.values()))
+    pieces = array.array("Q", [n for piece in copy.pieces for n in piece] if copy else [])
+    copy_pieces = _to_net_array(System, System.UInt64, pieces.tobytes())
     try:
-        result = ClrMemoryWalker.Read(pid, tids, regs, depth, dac_path or "")
+        result = ClrMemoryWalker.Read(pid, tids, regs, depth, dac_path or "",
+                                      copy.path if copy else "", copy_pieces)
     except NoClrRuntimeException as e:
         raise NoClrRuntimeError(str(e.Message)) from None
     except System.Exception as e:

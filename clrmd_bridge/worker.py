@@ -2,7 +2,7 @@
 
 Started by ``clrmd_bridge.process.ClrWalkerProcess`` as ``python -m clrmd_bridge.worker IN OUT
 PARENT``. It loads .NET, says "ready", then answers one request at a time: (pid, registers,
-depth, dac_path) in, a ClrReadout or an error out, each frame a length and a pickle, on the two
+depth, dac_path, copy) in, a ClrReadout or an error out, each frame a length and a pickle, on the two
 inherited pipe descriptors. Its stdout and stderr are its parent's log, never the user's terminal.
 
 Its scheduling class before and during the pause is clrmd_bridge.priority's (normal unless
@@ -71,7 +71,7 @@ def main(argv: list[str]) -> int:
         return 1
     write_frame(replies, ("ready", os.getpid()))
     while (request := read_frame(requests)) is not None:
-        pid, registers, depth, dac_path = request
+        pid, registers, depth, dac_path, copy = request
         # Registers come only from a target that our engine holds: the pause waits for this walk.
         if registers:
             priority.normal()
@@ -79,7 +79,7 @@ def main(argv: list[str]) -> int:
             priority.lower()
         _inject_fault(depth if registers else "warm-up")
         try:
-            readout = runtime.read_clr(pid, registers, depth, dac_path=dac_path)
+            readout = runtime.read_clr(pid, registers, depth, dac_path=dac_path, copy=copy)
         except errors.ClrBridgeError as error:
             write_frame(replies, ("error", type(error).__name__, str(error)))
         except Exception as error:   # pythonnet's own failures: reported, never a traceback

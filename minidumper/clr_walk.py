@@ -84,17 +84,18 @@ class ClrWalk:
             log.debug("no warm-up of the CLR walk: %s", error)
         return []
 
-    def walk(self, thread_registers: dict[int, bytes], depth: str) -> list[CLR_RANGE]:
-        """The CLR's ranges for a mode's depth, read while the target is held."""
-        self.start_walk(thread_registers, depth)
+    def walk(self, thread_registers: dict[int, bytes], depth: str, copy=None) -> list[CLR_RANGE]:
+        """The CLR's ranges for a mode's depth, read while the target is held, or from copy (a
+        clrmd_bridge.MemoryCopy of its memory taken in the pause with these registers)."""
+        self.start_walk(thread_registers, depth, copy)
         return self.finish_walk()
 
-    def start_walk(self, thread_registers: dict[int, bytes], depth: str) -> None:
+    def start_walk(self, thread_registers: dict[int, bytes], depth: str, copy=None) -> None:
         """walk() in two halves: the bridge's process walks while this one does other work."""
         self._depth = depth
         self._deadline = time.monotonic() + WALK_TIMEOUT_SECONDS
         with self._failures_explained():
-            self._process.ask(self.pid, thread_registers, depth, dac_path=self.dac_path)
+            self._process.ask(self.pid, thread_registers, depth, dac_path=self.dac_path, copy=copy)
 
     def finish_walk(self) -> list[CLR_RANGE]:
         with self._failures_explained():

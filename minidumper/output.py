@@ -220,6 +220,24 @@ class OutputFile:
                 pass   # kernels before 5.14: the pages are allocated as they are written
         return self._mapping
 
+    def reset(self) -> None:
+        """Drops everything written so far, for a dump started over: empty and unmapped."""
+        self._unmap()
+        try:
+            os.ftruncate(self.fd, 0)
+        except OSError as error:
+            raise OutputError(f"writing {self.path} failed: {describe_os_error(error)}") from error
+
+    def path_for_children(self) -> str | None:
+        """A path by which a child process opens this very file (it may have no name yet), or
+        None where there is none (/proc of another pid namespace)."""
+        path = f"/proc/{os.getpid()}/fd/{self.fd}"
+        try:
+            mine, seen = os.fstat(self.fd), os.stat(path)
+        except OSError:
+            return None
+        return path if (mine.st_dev, mine.st_ino) == (seen.st_dev, seen.st_ino) else None
+
     def _unmap(self, dropping: bool = False) -> None:
         if self._mapping is not None:
             try:

@@ -37,6 +37,7 @@ namespace ClrmdBridge
     public static class ClrMemoryWalker
     {
         public const string DacRead = "DacRead";
+        public const string DacReadMissed = "DacReadMissed";
         public const string DacEnumMemory = "DacEnumMemory";
         public const string ReadyToRunSection = "ReadyToRunSection";
         public const string DacReadOfLoadedMethods = "DacReadOfLoadedMethods";
@@ -53,11 +54,18 @@ namespace ClrmdBridge
         /// target's runtime; ClrMD 4 no longer looks for it off Windows. Empty: let ClrMD look
         /// (Windows only). The caller vouches for the match: ClrMD reads .NET 10's version as 0.0,
         /// so its own check would refuse every DAC.</param>
-        public static ClrWalkResult Read(int pid, uint[] threadIds, byte[] userRegs, string depth, string dacPath)
+        /// <param name="copyPath">Empty: read the target. Otherwise the file that holds a copy of its
+        /// memory, taken in a pause that has ended (the dump being written); the walk reads only
+        /// that, and reports the pages it missed there as <see cref="DacReadMissed"/>.</param>
+        /// <param name="copyPieces">Where the copy lies in that file: triples (address, file offset,
+        /// size), sorted by address.</param>
+        public static ClrWalkResult Read(int pid, uint[] threadIds, byte[] userRegs, string depth, string dacPath,
+                                         string copyPath, ulong[] copyPieces)
         {
+            using CopiedMemory? copy = string.IsNullOrEmpty(copyPath) ? null : new CopiedMemory(copyPath, copyPieces);
             try
             {
-                return Walk(pid, threadIds, userRegs, depth, dacPath);
+                return Walk(pid, threadIds, userRegs, depth, dacPath, copy);
             }
             catch
             {
@@ -69,10 +77,11 @@ namespace ClrmdBridge
                 // On Windows the DataTarget holds the target suspended for as long as it lives.
                 if (OperatingSystem.IsWindows())
                     KeptTarget.Forget();
+                KeptTarget.StopReading(copy);   // the file is about to be cut to size and named
             }
         }
 
-        private static ClrWalkResult Walk(int pid, uint[] threadIds, byte[] userRegs, string depth, string dacPath)
+        private static ClrWalkResult Walk(int pid, uint[] threadIds, byte[] userRegs, string depth, string dacPath, CopiedMemory? copy)
         {
             (bool walkStacks, bool listMemory, bool walkObjects) = depth switch
             {
@@ -84,7 +93,7 @@ namespace ClrmdBridge
             Dictionary<uint, UserRegsStruct> registers = SplitRegisters(threadIds, userRegs);
 
             Stopwatch clock = Stopwatch.StartNew();
-            (DataTarget target, RecordingDataReader reader) = KeptTarget.For(pid, registers);
+            (DataTarget target, RecordingDataReader reader) = KeptTarget.For(pid, registers, copy);
             if (target.ClrVersions.Length == 0)
                 throw new NoClrRuntimeException($"process {pid} has no .NET runtime (no libcoreclr found)");
 
@@ -136,6 +145,9 @@ namespace ClrmdBridge
 
             foreach ((ulong start, ulong end) in reader.Reads.ToMergedList())
                 memory.Add(start, end, DacRead);
+            if (copy is not null)
+                foreach ((ulong start, ulong end) in copy.Missed.ToMergedList())
+                    memory.Add(start, end, DacReadMissed);
             Timings.Say($"walk ({memory.Ranges.Count / 3} ranges, {reader.CacheMisses} reads of the target)", clock);
 
             return new ClrWalkResult

@@ -19,11 +19,13 @@ namespace ClrmdBridge
         private static DataTarget? s_target;
         private static RecordingDataReader? s_reader;
 
-        public static (DataTarget Target, RecordingDataReader Reader) For(int pid, IReadOnlyDictionary<uint, UserRegsStruct> registers)
+        /// <param name="copy">The target's memory as copied in a pause, for the walk to read instead
+        /// of the target (see <see cref="RecordingDataReader.BeginWalk"/>).</param>
+        public static (DataTarget Target, RecordingDataReader Reader) For(int pid, IReadOnlyDictionary<uint, UserRegsStruct> registers, CopiedMemory? copy)
         {
             if (s_target is not null && s_reader is not null && s_pid == pid)
             {
-                s_reader.BeginWalk(registers);
+                s_reader.BeginWalk(registers, copy);
                 return (s_target, s_reader);
             }
 
@@ -35,7 +37,16 @@ namespace ClrmdBridge
             s_target = new DataTarget(reader, OfflineOptions());   // disposes reader, then live
             s_reader = reader;
             s_pid = pid;
+            if (copy is not null)   // the modules were listed from the target; the memory is the copy's
+                reader.BeginWalk(registers, copy);
             return (s_target, s_reader);
+        }
+
+        /// <summary>The kept reader lets go of a copy of memory that is about to be unmapped.</summary>
+        public static void StopReading(CopiedMemory? copy)
+        {
+            if (copy is not null)
+                s_reader?.StopReading(copy);
         }
 
         /// <summary>Lets go of the target (a failed walk must not leave its state to the next).</summary>

@@ -21,6 +21,7 @@ namespace ClrmdBridge
         private readonly IDisposable? _innerOwner;
         private IReadOnlyDictionary<uint, UserRegsStruct> _registers;
         private PageCache? _cache;
+        private CopiedMemory? _copy;
 
         public RecordingDataReader(IDataReader inner, IReadOnlyDictionary<uint, UserRegsStruct> registers, IDisposable? innerOwner)
         {
@@ -35,19 +36,31 @@ namespace ClrmdBridge
         /// memory cannot change until the walk ends; a walk of a running target (the warm-up) is
         /// cached too: it is an estimate, and a copy taken once is no less consistent than one
         /// read again and again while the target runs.</summary>
-        public void BeginWalk(IReadOnlyDictionary<uint, UserRegsStruct> registers)
+        /// <param name="copy">Where given, the walk reads this copy of the target's memory, taken in
+        /// a pause that has ended, and never the target.</param>
+        public void BeginWalk(IReadOnlyDictionary<uint, UserRegsStruct> registers, CopiedMemory? copy = null)
         {
-            _inner.FlushCachedData();   // the live reader reads only inside the mappings it last listed
-            StartRecording(registers);
+            if (copy is null)
+                _inner.FlushCachedData();   // the live reader reads only inside the mappings it last listed
+            StartRecording(registers, copy);
         }
 
-        private void StartRecording(IReadOnlyDictionary<uint, UserRegsStruct> registers)
+        private void StartRecording(IReadOnlyDictionary<uint, UserRegsStruct> registers, CopiedMemory? copy = null)
         {
             _registers = registers;
             Reads = new PageRangeSet();
-            _cache = Environment.GetEnvironmentVariable(NoPageCacheVariable) == "1"
+            _copy = copy;
+            _cache = copy is not null || Environment.GetEnvironmentVariable(NoPageCacheVariable) == "1"
                 ? null
                 : new PageCache((address, buffer) => buffer.IsEmpty ? 0 : _inner.Read(address, buffer));
+        }
+
+        /// <summary>Reads fail from now on instead of reaching a copy that is unmapped, until the
+        /// next walk begins.</summary>
+        public void StopReading(CopiedMemory copy)
+        {
+            if (ReferenceEquals(_copy, copy))
+                _copy = CopiedMemory.Empty;
         }
 
         /// <summary>"1" turns the page cache off (for tests and measurements).</summary>
@@ -90,7 +103,8 @@ namespace ClrmdBridge
             if (buffer.IsEmpty)
                 return 0;
             // Recorded as asked, not as the cache read ahead: the dump holds what the DAC needed.
-            int read = _cache is null ? _inner.Read(address, buffer) : _cache.Read(address, buffer);
+            int read = _copy is not null ? _copy.Read(address, buffer)
+                : _cache is null ? _inner.Read(address, buffer) : _cache.Read(address, buffer);
             Reads.Add(address, read);
             return read;
         }

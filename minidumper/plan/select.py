@@ -12,6 +12,8 @@ from minidumper.model import (
 from minidumper.plan import file_copies, native
 from minidumper.plan.modes import MODE_PARTS, Part, clr_range_kind
 
+DAC_READ, DAC_READ_MISSED = "DacRead", "DacReadMissed"   # the bridge's kinds of the walk's reads
+
 # Where createdump puts the page that tells readers where the runtime is (64-bit Linux).
 DIAG_INFO_ADDRESS = 0x00007FFFFFF10000
 DIAG_INFO_SIGNATURE = b"DIAGINFOHEADER"
@@ -70,6 +72,18 @@ def native_part(snapshot: ProcessSnapshot, mode: DumpMode, read: native.ReadMemo
     if Part.PE_HEADERS in parts:
         wanted += native.pe_headers(snapshot, read)
     return wanted
+
+
+def lacking(plan: DumpPlan, snapshot: ProcessSnapshot, mode: DumpMode,
+            clr_ranges: Sequence[tuple[int, int, str]]) -> list[MemoryRange]:
+    """What a plan made from clr_ranges would hold beyond plan: for a walk of plan's own copy,
+    the memory it found or needed that the copy lacked (pages it missed count as pages read)."""
+    clr_ranges = [(start, end, DAC_READ if kind == DAC_READ_MISSED else kind)
+                  for start, end, kind in clr_ranges]
+    pieces = _clr_pieces(mode, clr_ranges)
+    pieces += file_copies.elsewhere([r for r in pieces if r.kind in _FILE_BYTES_KINDS], snapshot.mappings)
+    wanted = clip_to(merge(pieces), [m for m in snapshot.mappings if dumpable(m)])
+    return subtract(wanted, plan.ranges)
 
 
 def expected_bytes(mode: DumpMode, mappings: list[Mapping],

@@ -144,6 +144,11 @@ class CoreWriter:
             self._place(synthetic.address, len(synthetic.contents), self._offset, elf.PF_R)
             self._offset += len(synthetic.contents)
 
+    def copied_pieces(self) -> list[tuple[int, int, int]]:
+        """After fill(): where the target's memory lies in the file, (address, offset, size),
+        by address."""
+        return sorted((s.vaddr, s.offset, s.size) for s in self._segments)
+
     def finish(self) -> int:
         """After fill(): the headers. Returns the file's size."""
         self._write_headers()
