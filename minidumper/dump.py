@@ -7,31 +7,27 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import platform
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
 
+from minidumper import pauses
 from minidumper.clr_walk import ClrWalk
 from minidumper.errors import (
     MinidumperError, NotDotnetError, RuntimeBridgeError, TargetExitedError, UsageError)
-from minidumper.model import DEFAULT_PAUSE_TIMEOUT, PAGE_SIZE, DumpMode, DumpPlan, ProcessSnapshot
+from minidumper.model import DEFAULT_PAUSE_TIMEOUT, DumpMode
 from minidumper.output import OutputFile, app_name, open_output
 from minidumper.plan import modes, select
 
 log = logging.getLogger(__name__)
 
-OUTPUT_HEADER_ALLOWANCE = 16 << 20   # notes and program headers of a large process fit in this
 # Where the plan has no estimate (mini): about what stacks, module headers and the DAC's reads
 # take. Copying into file pages populated before the pause is 4x faster than into fresh ones.
 SMALL_DUMP_ESTIMATE, SMALL_DUMP_PER_THREAD = 4 << 20, 128 << 10
 
 
-class DumpProgress(Protocol):
-    def start(self, total_bytes: int) -> None: ...
-    def advance(self, count: int) -> None: ...
+DumpProgress = pauses.DumpProgress
 
 
 @dataclass
@@ -126,169 +122,30 @@ def _dump_linux(pid: int, output: OutputFile, mode: DumpMode, progress: DumpProg
                 clr: ClrWalk | None, started: float, dac_path: str | None,
                 pause_timeout: float) -> DumpResult:
     from minidumper import targets
-    from minidumper.engines.linux.core_writer import CoreWriter, build_notes
-    from minidumper.engines.linux.memory import address_of
-    from minidumper.engines.linux.session import PausedProcess
-
     mappings = targets.mappings(pid)
     clr_layout: list[tuple[int, int, str]] = []
+    known = None
     runtime = _target_runtime(pid, mappings) if clr else _runtime_if_any(pid, mappings)
     if clr:
         clr.dac_path = _find_dac(pid, runtime, dac_path)
         # The pause's walk, once before it: a target with no CLR fails unpaused, the walk in the
-        # pause finds ClrMD and the DAC warm, and the CLR's heaps size the output.
+        # pause finds ClrMD and the DAC warm, the CLR's heaps size the output, and what it found
+        # is what the pause copies (pauses.write_core).
+        thread_ids = set(targets.thread_ids(pid))
         clr_layout = clr.warm_up(modes.clr_depth(mode))
+        known = pauses.Knowledge(clr_layout, thread_ids)
 
     expected = select.expected_bytes(mode, mappings, clr_layout)
     if expected is None and clr:
         expected = SMALL_DUMP_ESTIMATE + SMALL_DUMP_PER_THREAD * targets.thread_count(pid)
     with output:
-        done, paused_before = None, 0.0
-        if _reserve(output, expected) is not None and clr and clr_layout and _may_walk_after_pause():
-            done, paused_before = _copy_then_walk(pid, output, mode, progress, clr, clr_layout,
-                                                  pause_timeout)
-            if done is None:
-                output.reset()
-                _reserve(output, expected)
-        if done is None:
-            done = _walk_in_pause(pid, output, mode, progress, clr, pause_timeout)
-        snapshot, plan, size, paused_seconds = done
-        output.commit(size)
-    paused_seconds += paused_before
-    result = _result(output.path if output.name else None, snapshot, plan, size,
-                     paused_seconds, started, clr.dac_path if clr else None)
+        written = pauses.write_core(pid, output, mode, progress, clr, known, expected, pause_timeout)
+        output.commit(written.size)
+    result = _result(output.path if output.name else None, written, started,
+                     clr.dac_path if clr else None)
     result.runtime_version = (clr.runtime_version if clr else "") or (runtime.version if runtime else None)
     result.warnings = list(clr.warnings) if clr else []
     return result
-
-
-_DONE = tuple  # (snapshot, plan, size of the file, seconds the target was paused)
-# "1": the CLR is always walked while the target is held (for measuring, and a way out).
-WALK_IN_PAUSE_VARIABLE = "MINIDUMPER_WALK_IN_PAUSE"
-
-
-def _may_walk_after_pause() -> bool:
-    return os.environ.get(WALK_IN_PAUSE_VARIABLE) != "1"
-
-
-def _reserve(output: OutputFile, expected: int | None):
-    """Allocates the file's pages before the pause, so that the pause is only the copy;
-    populated only where they will stay in memory until then (output.reserve). The mapping, or
-    None where the output cannot be mapped."""
-    if not expected:
-        return None
-    return output.reserve(expected + expected // 100 + OUTPUT_HEADER_ALLOWANCE)
-
-
-def _copy_then_walk(pid: int, output: OutputFile, mode: DumpMode, progress: DumpProgress | None,
-                    clr: ClrWalk, clr_layout: list, pause_timeout: float) -> tuple[_DONE | None, float]:
-    """The short pause: the memory that the warm-up's walk found is copied into the output, the
-    target resumed, and the CLR walked on that copy, never on the running target. None where the
-    copy proves short of what the walk needs (the target changed since the warm-up, or /proc
-    does not show the output to the bridge): the output is then to be made again. Also returns
-    how long the target was paused."""
-    from minidumper.engines.linux.core_writer import CoreWriter
-    from minidumper.engines.linux.memory import address_of
-    from minidumper.engines.linux.session import PausedProcess
-    from clrmd_bridge import MemoryCopy
-
-    copy_path = output.path_for_children()
-    if copy_path is None:
-        log.debug("the bridge cannot open the output: the CLR is walked in the pause")
-        return None, 0.0
-    with PausedProcess(pid, pause_timeout) as paused:
-        clock = _PauseClock()
-        snapshot = paused.snapshot()
-        clock.mark("snapshot")
-        plan = select.select(snapshot, mode, paused.memory.read, clr_layout)
-        writer = CoreWriter(output, snapshot, plan)
-        clock.mark("plan and notes")
-        mapping = output.map(writer.planned_size)
-        if mapping is not None:
-            if progress:
-                progress.start(plan.total_bytes)
-            with address_of(mapping) as destination:
-                writer.fill(paused.memory, destination, progress.advance if progress else None)
-            clock.mark("copy")
-        paused.resume()
-        clock.mark("resume")
-        log.debug("pause: %s", clock)
-    if mapping is None:
-        return None, paused.paused_seconds
-    size = writer.finish()
-    started = time.monotonic()
-    registers = {t.target_tid: t.prstatus_regs for t in snapshot.threads}
-    clr_ranges = clr.walk(registers, modes.clr_depth(mode), MemoryCopy(copy_path, writer.copied_pieces()))
-    lacking = select.lacking(plan, snapshot, mode, clr_ranges)
-    log.debug("the CLR walked on the copy in %.3f s; it lacked %d pages",
-              time.monotonic() - started, sum(r.size for r in lacking) // PAGE_SIZE)
-    if lacking:
-        log.debug("the copy lacked %s: the CLR is walked again in a second pause",
-                  ", ".join(f"{r.start:#x}-{r.end:#x} ({r.kind.value})" for r in lacking[:8]))
-        return None, paused.paused_seconds
-    return (snapshot, plan, size, paused.paused_seconds), 0.0
-
-
-def _walk_in_pause(pid: int, output: OutputFile, mode: DumpMode, progress: DumpProgress | None,
-                   clr: ClrWalk | None, pause_timeout: float) -> _DONE:
-    """The CLR walked while the target is held: the plan is then exact, the pause as long as
-    the walk."""
-    from minidumper.engines.linux.core_writer import CoreWriter, build_notes
-    from minidumper.engines.linux.memory import address_of
-    from minidumper.engines.linux.session import PausedProcess
-
-    with PausedProcess(pid, pause_timeout) as paused:
-        clock = _PauseClock()
-        snapshot = paused.snapshot()
-        clock.mark("snapshot")
-        if clr:
-            # Keyed by the ids the CLR knows its threads by: those of the target's pid namespace.
-            clr.start_walk({t.target_tid: t.prstatus_regs for t in snapshot.threads},
-                           modes.clr_depth(mode))
-        # While the bridge's process walks the CLR, this one plans the rest.
-        native_ranges = select.native_part(snapshot, mode, paused.memory.read)
-        notes = build_notes(snapshot)
-        clock.mark("native plan and notes")
-        clr_ranges = clr.finish_walk() if clr else []
-        clock.mark("CLR walk")
-        plan = select.select(snapshot, mode, paused.memory.read, clr_ranges, native_ranges)
-        clock.mark("plan")
-        log.debug("plan: %d ranges, %d bytes: %s", len(plan.ranges), plan.total_bytes,
-                  plan.bytes_by_kind())
-        if progress:
-            progress.start(plan.total_bytes)
-        advance = progress.advance if progress else None
-        writer = CoreWriter(output, snapshot, plan, notes)
-        mapping = output.map(writer.planned_size)
-        if mapping is not None:
-            # The target's memory goes straight into the file's pages: one copy, then resume.
-            with address_of(mapping) as destination:
-                writer.fill(paused.memory, destination, advance)
-            clock.mark("copy")
-            paused.resume()
-            clock.mark("resume")
-            log.debug("pause: %s", clock)
-            size = writer.finish()
-        else:
-            log.debug("the output cannot be mapped: writing while the target is paused")
-            size = writer.write(paused.stream(plan.ranges), advance)
-    return snapshot, plan, size, paused.paused_seconds
-
-
-class _PauseClock:
-    """Where the pause went, step by step, for the debug log (-v)."""
-
-    def __init__(self) -> None:
-        self._last = time.monotonic()
-        self._steps: list[tuple[str, float]] = []
-
-    def mark(self, step: str) -> None:
-        now = time.monotonic()
-        self._steps.append((step, now - self._last))
-        self._last = now
-
-    def __str__(self) -> str:
-        return ", ".join(f"{step} {seconds * 1000:.1f} ms" for step, seconds in self._steps)
 
 
 def _write_windows_minidump(pid: int, path: str, mode: DumpMode) -> DumpResult:
@@ -312,11 +169,11 @@ def _write_windows_minidump(pid: int, path: str, mode: DumpMode) -> DumpResult:
                       paused_seconds=written.seconds, total_seconds=time.monotonic() - started)
 
 
-def _result(path: str, snapshot: ProcessSnapshot, plan: DumpPlan, size: int,
-            paused_seconds: float, started: float, dac: str | None) -> DumpResult:
+def _result(path: str, written: pauses.Written, started: float, dac: str | None) -> DumpResult:
+    snapshot, plan = written.snapshot, written.plan
     return DumpResult(path=path, pid=snapshot.target_ids.pid, host_pid=snapshot.pid, mode=plan.mode,
-                      bytes_written=size, threads=len(snapshot.threads),
-                      ranges_by_kind=plan.bytes_by_kind(), paused_seconds=paused_seconds,
+                      bytes_written=written.size, threads=len(snapshot.threads),
+                      ranges_by_kind=plan.bytes_by_kind(), paused_seconds=written.paused_seconds,
                       total_seconds=time.monotonic() - started, dac_path=dac)
 
 

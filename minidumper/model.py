@@ -109,7 +109,6 @@ class ThreadState:
     """One paused thread: raw register sets as the kernel gave them (x86-64 layouts)."""
 
     tid: int
-    name: str
     prstatus_regs: bytes          # user_regs_struct
     fpregs: bytes                 # user_fpregs_struct (NT_FPREGSET)
     xstate: bytes | None          # NT_X86_XSTATE, where present

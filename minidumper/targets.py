@@ -70,8 +70,13 @@ def _parent(pid: int) -> str:
 
 def thread_count(pid: int) -> int:
     """How many threads the target has now, read before pausing it."""
+    return len(thread_ids(pid))
+
+
+def thread_ids(pid: int) -> list[int]:
+    """The target's threads now, read before pausing it."""
     try:
-        return len(procfs.task_ids(pid))
+        return procfs.task_ids(pid)
     except (FileNotFoundError, ProcessLookupError):
         raise TargetExitedError(f"process {pid} exited") from None
 

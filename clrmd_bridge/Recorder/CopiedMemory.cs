@@ -6,9 +6,8 @@ namespace ClrmdBridge
 {
     /// <summary>
     /// The target's memory as copied in the pause, read from the dump file the copy went into: the
-    /// walk after the target is resumed reads this, never the target. A read the copy cannot
-    /// answer fails as an unreadable page would, and its pages are noted as missed: the caller
-    /// then knows that the copy was not enough for the walk.
+    /// walk after the target is resumed reads this. A read the copy cannot answer is noted as
+    /// missed: the caller then knows that the copy was not enough for the walk.
     /// </summary>
     public sealed unsafe class CopiedMemory : IDisposable
     {
@@ -56,11 +55,16 @@ namespace ClrmdBridge
             _base = at + _view.PointerOffset;
         }
 
-        /// <summary>Pages that reads asked for and the copy lacked.</summary>
+        /// <summary>Pages that reads asked for, that the copy lacked and the target has.</summary>
         public PageRangeSet Missed { get; } = new();
 
-        /// <summary>Like a read of the target: the bytes from address on, up to the first byte the
-        /// copy does not hold.</summary>
+        /// <summary>Where what the copy lacks is read from: the target, which runs again. What it
+        /// answers is not the pause's memory, but it lets the walk go on past a miss and find
+        /// everything the next copy must hold (the walk's result is then only that).</summary>
+        public PageCache.ReadMemory? Fallback { get; set; }
+
+        /// <summary>Like a read of the target: the bytes from address on, up to the first byte
+        /// neither the copy nor <see cref="Fallback"/> has.</summary>
         public int Read(ulong address, Span<byte> buffer)
         {
             int copied = 0;
@@ -72,9 +76,16 @@ namespace ClrmdBridge
                     index = ~index - 1;
                 if (index < 0 || at >= _ends[index])
                 {
-                    if (at < UserSpaceEnd)
-                        Missed.Add(at, Math.Min(buffer.Length - copied, 4096 - (int)(at & 0xfff)));
-                    break;
+                    // Up to the next piece of the copy, or the end of the buffer.
+                    int next = index + 1;
+                    ulong gapEnd = next < _starts.Length ? _starts[next] : ulong.MaxValue;
+                    int want = (int)Math.Min((ulong)(buffer.Length - copied), gapEnd - at);
+                    int found = Fallback is null || at >= UserSpaceEnd ? 0 : Math.Max(0, Fallback(at, buffer.Slice(copied, want)));
+                    Missed.Add(at, found);
+                    copied += found;
+                    if (found < want)
+                        break;
+                    continue;
                 }
 
                 int count = (int)Math.Min((ulong)(buffer.Length - copied), _ends[index] - at);

@@ -40,8 +40,7 @@ namespace ClrmdBridge
         /// a pause that has ended, and never the target.</param>
         public void BeginWalk(IReadOnlyDictionary<uint, UserRegsStruct> registers, CopiedMemory? copy = null)
         {
-            if (copy is null)
-                _inner.FlushCachedData();   // the live reader reads only inside the mappings it last listed
+            _inner.FlushCachedData();   // the live reader reads only inside the mappings it last listed
             StartRecording(registers, copy);
         }
 
@@ -50,6 +49,8 @@ namespace ClrmdBridge
             _registers = registers;
             Reads = new PageRangeSet();
             _copy = copy;
+            if (copy is not null)
+                copy.Fallback = (address, buffer) => buffer.IsEmpty ? 0 : _inner.Read(address, buffer);
             _cache = copy is not null || Environment.GetEnvironmentVariable(NoPageCacheVariable) == "1"
                 ? null
                 : new PageCache((address, buffer) => buffer.IsEmpty ? 0 : _inner.Read(address, buffer));

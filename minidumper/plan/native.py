@@ -73,8 +73,12 @@ def vdso(snapshot: ProcessSnapshot) -> Iterator[MemoryRange]:
 
 
 def _image_starts(snapshot: ProcessSnapshot) -> Iterator[Mapping]:
+    return _file_image_starts(snapshot.mappings)
+
+
+def _file_image_starts(mappings: list[Mapping]) -> Iterator[Mapping]:
     """The first mapping of each mapped file image (offset 0)."""
-    for mapping in snapshot.mappings:
+    for mapping in mappings:
         if mapping.is_file and mapping.offset == 0 and mapping.readable:
             yield mapping
 
@@ -87,23 +91,53 @@ def _program_headers(read: ReadMemory, phdr_address: int, count: int) -> list[tu
 def elf_module_pieces(snapshot: ProcessSnapshot, read: ReadMemory) -> Iterator[MemoryRange]:
     """Each ELF module's header page, and the pages of its PT_DYNAMIC, PT_NOTE and eh_frame."""
     for mapping in _image_starts(snapshot):
-        header = read(mapping.start, 64)
-        if len(header) < 64 or header[:4] != b"\x7fELF" or header[4] != 2:
-            continue
-        phoff, = struct.unpack_from("<Q", header, 32)
-        phnum, = struct.unpack_from("<H", header, 56)
-        yield MemoryRange(mapping.start, mapping.start + PAGE_SIZE, RangeKind.MODULE_HEADER)
-        program_headers = _program_headers(read, mapping.start + phoff, min(phnum, 256))
-        loads = [ph for ph in program_headers if ph[0] == PT_LOAD]
-        if not loads:
-            continue
-        bias = mapping.start - page_floor(min(ph[3] for ph in loads))
-        yield pages(mapping.start + phoff, mapping.start + phoff + phnum * 56, RangeKind.MODULE_HEADER)
-        for p_type, _, _, p_vaddr, _, _, p_memsz, _ in program_headers:
-            if p_type in (PT_DYNAMIC, PT_NOTE, PT_GNU_EH_FRAME) and p_memsz:
-                yield pages(bias + p_vaddr, bias + p_vaddr + p_memsz, RangeKind.MODULE_HEADER)
-            if p_type == PT_GNU_EH_FRAME:
-                yield from _eh_frame(read, bias + p_vaddr)
+        yield from _file_image_pieces("elf", mapping, read, _elf_pieces)
+
+
+def _elf_pieces(mapping: Mapping, read: ReadMemory) -> Iterator[MemoryRange]:
+    header = read(mapping.start, 64)
+    if len(header) < 64 or header[:4] != b"\x7fELF" or header[4] != 2:
+        return
+    phoff, = struct.unpack_from("<Q", header, 32)
+    phnum, = struct.unpack_from("<H", header, 56)
+    yield MemoryRange(mapping.start, mapping.start + PAGE_SIZE, RangeKind.MODULE_HEADER)
+    program_headers = _program_headers(read, mapping.start + phoff, min(phnum, 256))
+    loads = [ph for ph in program_headers if ph[0] == PT_LOAD]
+    if not loads:
+        return
+    bias = mapping.start - page_floor(min(ph[3] for ph in loads))
+    yield pages(mapping.start + phoff, mapping.start + phoff + phnum * 56, RangeKind.MODULE_HEADER)
+    for p_type, _, _, p_vaddr, _, _, p_memsz, _ in program_headers:
+        if p_type in (PT_DYNAMIC, PT_NOTE, PT_GNU_EH_FRAME) and p_memsz:
+            yield pages(bias + p_vaddr, bias + p_vaddr + p_memsz, RangeKind.MODULE_HEADER)
+        if p_type == PT_GNU_EH_FRAME:
+            yield from _eh_frame(read, bias + p_vaddr)
+
+
+# What the headers of a file image mapped read-only say: its file's bytes, the same in the pause
+# as before it, so what a look before the pause found is not read again in the pause.
+_image_pieces: dict[tuple[str, Mapping], list[MemoryRange]] = {}
+MAX_IMAGES_REMEMBERED = 1 << 14
+
+
+def learn_file_images(mappings: list[Mapping], read: ReadMemory) -> None:
+    """Before the pause: what the file images' headers say, so that the pause need not read it."""
+    for mapping in _file_image_starts(mappings):
+        _file_image_pieces("elf", mapping, read, _elf_pieces)
+        _file_image_pieces("pe", mapping, read, _pe_header)
+
+
+def _file_image_pieces(what: str, mapping: Mapping, read: ReadMemory,
+                       find: Callable[[Mapping, ReadMemory], Iterator[MemoryRange]]) -> list[MemoryRange]:
+    if mapping.writable:
+        return list(find(mapping, read))
+    key = (what, mapping)
+    found = _image_pieces.get(key)
+    if found is None:
+        if len(_image_pieces) > MAX_IMAGES_REMEMBERED:
+            _image_pieces.clear()
+        found = _image_pieces[key] = list(find(mapping, read))
+    return found
 
 
 def _read_encoded(data: bytes, offset: int, encoding: int, field_address: int,
@@ -256,5 +290,9 @@ def module_data(snapshot: ProcessSnapshot, is_module: Callable[[str], bool],
 def pe_headers(snapshot: ProcessSnapshot, read: ReadMemory) -> Iterator[MemoryRange]:
     """The first page of each mapped managed assembly (a PE image, "MZ")."""
     for mapping in _image_starts(snapshot):
-        if read(mapping.start, 2) == b"MZ":
-            yield MemoryRange(mapping.start, mapping.start + PAGE_SIZE, RangeKind.PE_HEADER)
+        yield from _file_image_pieces("pe", mapping, read, _pe_header)
+
+
+def _pe_header(mapping: Mapping, read: ReadMemory) -> Iterator[MemoryRange]:
+    if read(mapping.start, 2) == b"MZ":
+        yield MemoryRange(mapping.start, mapping.start + PAGE_SIZE, RangeKind.PE_HEADER)

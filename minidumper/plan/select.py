@@ -31,14 +31,14 @@ def dumpable(mapping: Mapping) -> bool:
 
 def select(snapshot: ProcessSnapshot, mode: DumpMode, read: native.ReadMemory,
            clr_ranges: Sequence[tuple[int, int, str]] = (),
-           native_ranges: list[MemoryRange] | None = None) -> DumpPlan:
-    """The plan for a mode. clr_ranges are the bridge's (start, end, ClrMD kind); native_ranges
-    are native_part()'s, where it ran already (while the bridge walked)."""
+           native_ranges: list[MemoryRange] | None = None,
+           clr_part: list[MemoryRange] | None = None) -> DumpPlan:
+    """The plan for a mode. clr_ranges are the bridge's (start, end, ClrMD kind), or clr_part
+    what clr_part() made of them already; native_ranges are native_part()'s, where it ran
+    already (while the bridge walked)."""
     parts = MODE_PARTS[mode]
     wanted = list(native_part(snapshot, mode, read) if native_ranges is None else native_ranges)
-    clr_pieces = _clr_pieces(mode, clr_ranges)
-    wanted += clr_pieces
-    wanted += file_copies.elsewhere([r for r in clr_pieces if r.kind in _FILE_BYTES_KINDS], snapshot.mappings)
+    wanted += clr_part_of(mode, clr_ranges, snapshot.mappings) if clr_part is None else clr_part
 
     ranges = clip_to(merge_by_priority(wanted), [m for m in snapshot.mappings if dumpable(m)])
     synthetic = []
@@ -46,6 +46,15 @@ def select(snapshot: ProcessSnapshot, mode: DumpMode, read: native.ReadMemory,
     if Part.DIAG_INFO in parts and base is not None and not _overlaps(ranges, DIAG_INFO_ADDRESS):
         synthetic.append(SyntheticRange(DIAG_INFO_ADDRESS, diag_info_page(base), RangeKind.DIAG_INFO))
     return DumpPlan(mode=mode, ranges=ranges, synthetic=synthetic)
+
+
+def clr_part_of(mode: DumpMode, clr_ranges: Sequence[tuple[int, int, str]],
+                mappings: list[Mapping]) -> list[MemoryRange]:
+    """What a mode takes of the CLR's ranges, and the same bytes of module files mapped
+    elsewhere, merged (thousands of ranges: made before the pause where they are known then)."""
+    pieces = _clr_pieces(mode, clr_ranges)
+    pieces += file_copies.elsewhere([r for r in pieces if r.kind in _FILE_BYTES_KINDS], mappings)
+    return merge_by_priority(pieces)
 
 
 def native_part(snapshot: ProcessSnapshot, mode: DumpMode, read: native.ReadMemory) -> list[MemoryRange]:
@@ -80,9 +89,8 @@ def lacking(plan: DumpPlan, snapshot: ProcessSnapshot, mode: DumpMode,
     the memory it found or needed that the copy lacked (pages it missed count as pages read)."""
     clr_ranges = [(start, end, DAC_READ if kind == DAC_READ_MISSED else kind)
                   for start, end, kind in clr_ranges]
-    pieces = _clr_pieces(mode, clr_ranges)
-    pieces += file_copies.elsewhere([r for r in pieces if r.kind in _FILE_BYTES_KINDS], snapshot.mappings)
-    wanted = clip_to(merge(pieces), [m for m in snapshot.mappings if dumpable(m)])
+    wanted = clip_to(clr_part_of(mode, clr_ranges, snapshot.mappings),
+                     [m for m in snapshot.mappings if dumpable(m)])
     return subtract(wanted, plan.ranges)
 
 

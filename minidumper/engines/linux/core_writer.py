@@ -64,18 +64,37 @@ class _FlagsByAddress:
 def build_notes(snapshot: ProcessSnapshot) -> bytes:
     """The notes, with the ids the target knows (those of its own pid namespace): the CLR
     names its threads by them, so readers match its threads to NT_PRSTATUS by them."""
-    psargs = " ".join(snapshot.cmdline)
+    return _process_notes(snapshot) + _thread_notes(snapshot)
+
+
+def notes_size(snapshot: ProcessSnapshot) -> int:
+    """len(build_notes(snapshot)), without building the threads' notes (milliseconds for a
+    thousand threads: they are built once the target runs again)."""
+    size = len(_process_notes(snapshot))
+    for thread in snapshot.threads:
+        size += elf.note_size(b"CORE", elf.PRSTATUS_SIZE) + elf.note_size(b"CORE", len(thread.fpregs))
+        if thread.xstate:
+            size += elf.note_size(b"LINUX", len(thread.xstate))
+    return size
+
+
+def _process_notes(snapshot: ProcessSnapshot) -> bytes:
     ids = snapshot.target_ids
-    notes = [
+    return b"".join([
         elf.note(b"CORE", elf.NT_PRPSINFO, elf.prpsinfo(
             state=snapshot.state, pid=ids.pid, ppid=ids.ppid, pgrp=ids.pgrp,
             sid=ids.sid, uid=snapshot.uid, gid=snapshot.gid, nice=snapshot.nice, flags=0,
-            fname=snapshot.name, psargs=psargs)),
+            fname=snapshot.name, psargs=" ".join(snapshot.cmdline))),
         elf.note(b"CORE", elf.NT_AUXV, snapshot.auxv),
         elf.note(b"CORE", elf.NT_FILE, elf.file_note(
             [(m.start, m.end, m.offset, m.path.removesuffix(" (deleted)"))
              for m in snapshot.mappings if m.is_file], PAGE_SIZE)),
-    ]
+    ])
+
+
+def _thread_notes(snapshot: ProcessSnapshot) -> bytes:
+    ids = snapshot.target_ids
+    notes = []
     # The main thread first: readers take the process id from the first NT_PRSTATUS.
     threads = sorted(snapshot.threads, key=lambda t: (t.tid != snapshot.pid, t.tid))
     for thread in threads:
@@ -102,19 +121,19 @@ def count_expected_segments(plan: DumpPlan, mappings: list[Mapping]) -> int:
 
 
 class CoreWriter:
-    def __init__(self, sink: OutputSink, snapshot: ProcessSnapshot, plan: DumpPlan,
-                 notes: bytes | None = None) -> None:
-        """notes: build_notes(snapshot), where it was built already."""
+    def __init__(self, sink: OutputSink, snapshot: ProcessSnapshot, plan: DumpPlan) -> None:
+        """The notes are built with the headers, at the end: after the pause, where the memory
+        is filled in through a mapping."""
         self._sink = sink
         self._snapshot = snapshot
         self._plan = plan
         self._flags = _FlagsByAddress(snapshot.mappings)
-        self._notes = build_notes(snapshot) if notes is None else notes
+        self._notes_size = notes_size(snapshot)
         expected = count_expected_segments(plan, snapshot.mappings)
         # Room for the segments that unreadable holes add; past it, holes are written as zeros.
         self._max_loads = expected + 256 + expected // 4
         header_area = (elf.EHDR_SIZE + elf.PHDR_SIZE * (1 + self._max_loads) + elf.SHDR_SIZE
-                       + len(self._notes))
+                       + self._notes_size)
         self._data_start = _align_up(header_area)
         self._offset = self._data_start
         self._segments: list[LoadSegment] = []
@@ -217,6 +236,9 @@ class CoreWriter:
         self._segments.append(LoadSegment(address, offset, size, flags))
 
     def _write_headers(self) -> None:
+        notes = build_notes(self._snapshot)
+        if len(notes) != self._notes_size:
+            raise RuntimeError(f"the notes take {len(notes)} bytes, not the {self._notes_size} reserved")
         loads = sorted(self._segments, key=lambda s: s.vaddr)
         phnum = 1 + len(loads)
         if phnum > 1 + self._max_loads:
@@ -228,7 +250,7 @@ class CoreWriter:
         header = elf.elf_header(phoff=phoff, phnum=elf.PN_XNUM if overflow else phnum,
                                 shoff=shoff if overflow else 0, shnum=1 if overflow else 0)
         program_headers = [elf.program_header(elf.PT_NOTE, 0, notes_offset, 0,
-                                              len(self._notes), 0, 4)]
+                                              len(notes), 0, 4)]
         program_headers += [elf.program_header(elf.PT_LOAD, s.flags, s.offset, s.vaddr, s.size,
                                                s.size, PAGE_SIZE) for s in loads]
         area = bytearray(self._data_start)
@@ -237,5 +259,5 @@ class CoreWriter:
         area[phoff:phoff + len(table)] = table
         if overflow:
             area[shoff:shoff + elf.SHDR_SIZE] = elf.phnum_overflow_section(phnum)
-        area[notes_offset:notes_offset + len(self._notes)] = self._notes
+        area[notes_offset:notes_offset + len(notes)] = notes
         self._sink.write_at(bytes(area), 0)

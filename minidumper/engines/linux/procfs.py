@@ -44,11 +44,25 @@ def task_ids(pid: int) -> list[int]:
     return sorted(int(t) for t in os.listdir(_proc(pid, "task")))
 
 
+# Lines of maps already parsed: most lines read in the pause were read before it, and parsing
+# thousands of them again costs milliseconds of the pause. Mappings are immutable, so shared.
+_parsed_lines: dict[str, Mapping] = {}
+MAX_PARSED_LINES = 1 << 17
+
+
 def read_maps(pid: int) -> list[Mapping]:
-    mappings = []
     with open(_proc(pid, "maps")) as f:
-        for line in f:
-            mappings.append(parse_maps_line(line))
+        lines = f.read().split("\n")
+    if len(_parsed_lines) > MAX_PARSED_LINES:
+        _parsed_lines.clear()
+    mappings = []
+    for line in lines:
+        if not line:
+            continue
+        mapping = _parsed_lines.get(line)
+        if mapping is None:
+            mapping = _parsed_lines[line] = parse_maps_line(line)
+        mappings.append(mapping)
     return mappings
 
 

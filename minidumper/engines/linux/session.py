@@ -108,12 +108,8 @@ class PausedProcess:
             raise MinidumperError(f"process {self.pid} is not a 64-bit x86 process; "
                                   "only x86-64 targets can be dumped on Linux")
         fpregs = fpregs or bytes(USER_FPREGS_SIZE)
-        try:
-            name = procfs.read_bytes(self.pid, f"task/{tid}/comm").decode(errors="replace").strip()
-        except OSError:
-            name = ""
         return ThreadState(
-            tid=tid, name=name, prstatus_regs=regs, fpregs=fpregs, xstate=xstate,
+            tid=tid, prstatus_regs=regs, fpregs=fpregs, xstate=xstate,
             pending_signal=self._tracer.held[tid].pending_signal,
             instruction_pointer=struct.unpack_from("<Q", regs, REG_RIP * 8)[0],
             stack_pointer=struct.unpack_from("<Q", regs, REG_RSP * 8)[0],

@@ -1,0 +1,217 @@
+"""The target's pause (Linux), and where the CLR walk goes with respect to it.
+
+Short pause: the memory that the CLR walk before the pause found is copied into the output, the
+target resumed, and the CLR walked on that copy, never on the running target. The copy is the dump
+when the walk found everything it needed in it. Where it did not (the target changed since the
+walk before: new GC regions, new types, new threads), the copy is made again with what the walk
+found, once; after that, or where threads started since the CLR was last walked (their CLR
+objects are unknown to the copy), the CLR is walked while the target is held, as long as that
+takes: the plan is then exact.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from minidumper import targets
+from minidumper.clr_walk import ClrWalk
+from minidumper.model import PAGE_SIZE, DumpMode, DumpPlan, MemoryRange, ProcessSnapshot
+from minidumper.output import OutputFile
+from minidumper.plan import modes, select
+
+log = logging.getLogger(__name__)
+
+OUTPUT_HEADER_ALLOWANCE = 16 << 20   # notes and program headers of a large process fit in this
+COPY_ATTEMPTS = 2                    # short pauses before the CLR is walked in the pause
+# "1": the CLR is always walked while the target is held (for measuring, and a way out).
+WALK_IN_PAUSE_VARIABLE = "MINIDUMPER_WALK_IN_PAUSE"
+
+CLR_RANGE = tuple[int, int, str]
+
+
+class DumpProgress(Protocol):
+    def start(self, total_bytes: int) -> None: ...
+    def advance(self, count: int) -> None: ...
+
+
+@dataclass
+class Written:
+    snapshot: ProcessSnapshot
+    plan: DumpPlan
+    size: int                  # of the file
+    paused_seconds: float      # over every pause
+
+
+@dataclass
+class Knowledge:
+    """What the last walk of the CLR found, and which threads the target had when it began."""
+
+    clr_ranges: list[CLR_RANGE]
+    thread_ids: set[int]
+
+
+def write_core(pid: int, output: OutputFile, mode: DumpMode, progress: DumpProgress | None,
+               clr: ClrWalk | None, known: Knowledge | None, expected: int | None,
+               pause_timeout: float) -> Written:
+    """Pauses the target (more than once where the copy proves short) and writes the core into
+    output, uncommitted. known: the walk before the pause (None: there was none)."""
+    paused_seconds = 0.0
+    if reserve(output, expected) is not None and clr and known and known.clr_ranges \
+            and os.environ.get(WALK_IN_PAUSE_VARIABLE) != "1":
+        copy_path = output.path_for_children()
+        if copy_path is None:
+            log.debug("the bridge cannot open the output: the CLR is walked in the pause")
+        for _ in range(COPY_ATTEMPTS if copy_path else 0):
+            written, known = _copy_then_walk(pid, output, mode, progress, clr, known, copy_path,
+                                             pause_timeout)
+            written.paused_seconds += paused_seconds
+            if known is None:
+                return written
+            paused_seconds = written.paused_seconds
+            output.reset()
+            reserve(output, expected)
+    written = walk_in_pause(pid, output, mode, progress, clr, pause_timeout)
+    written.paused_seconds += paused_seconds
+    return written
+
+
+def reserve(output: OutputFile, expected: int | None):
+    """Allocates the file's pages before the pause, so that the pause is only the copy;
+    populated only where they will stay in memory until then (output.reserve). The mapping, or
+    None where there is no estimate or the output cannot be mapped."""
+    if not expected:
+        return None
+    return output.reserve(expected + expected // 100 + OUTPUT_HEADER_ALLOWANCE)
+
+
+def _copy_then_walk(pid: int, output: OutputFile, mode: DumpMode, progress: DumpProgress | None,
+                    clr: ClrWalk, known: Knowledge, copy_path: str,
+                    pause_timeout: float) -> tuple[Written, Knowledge | None]:
+    """One short pause, then the walk on its copy. Returns what was written, and None; or, where
+    the copy lacked what the walk needed, what this walk found, for the next try."""
+    from minidumper.engines.linux.memory import ProcessMemory
+    from minidumper.engines.linux.session import PausedProcess
+    from minidumper.plan import native
+    from clrmd_bridge import MemoryCopy
+
+    # What can be known before the pause is not worked out in it.
+    mappings = targets.mappings(pid)
+    clr_part = select.clr_part_of(mode, known.clr_ranges, mappings)
+    memory = ProcessMemory(pid)
+    try:
+        native.learn_file_images(mappings, memory.read)
+    finally:
+        memory.close()
+    with PausedProcess(pid, pause_timeout) as paused:
+        clock = PauseClock()
+        snapshot = paused.snapshot()
+        clock.mark("snapshot")
+        started = {t.tid for t in snapshot.threads} - known.thread_ids
+        if started:
+            # Their CLR objects are in memory that no walk has seen: the copy would lack them.
+            log.debug("%d threads started since the CLR was last walked: walked in the pause",
+                      len(started))
+            plan, (size, pieces) = _walk_held(paused, snapshot, clock, output, mode, progress, clr)
+        else:
+            plan = select.select(snapshot, mode, paused.memory.read, clr_part=clr_part)
+            size, pieces = _copy(paused, snapshot, plan, clock, output, progress)
+    written = Written(snapshot, plan, size, paused.paused_seconds)
+    if started:
+        return written, None
+    walk_started = time.monotonic()
+    registers = {t.target_tid: t.prstatus_regs for t in snapshot.threads}
+    clr_ranges = clr.walk(registers, modes.clr_depth(mode), MemoryCopy(copy_path, pieces))
+    lacking = select.lacking(plan, snapshot, mode, clr_ranges)
+    log.debug("the CLR walked on the copy in %.3f s; it lacked %d pages",
+              time.monotonic() - walk_started, sum(r.size for r in lacking) // PAGE_SIZE)
+    if not lacking:
+        return written, None
+    log.debug("the copy lacked %s: paused again", _describe(lacking))
+    found = [(start, end, select.DAC_READ if kind == select.DAC_READ_MISSED else kind)
+             for start, end, kind in clr_ranges]
+    return written, Knowledge(known.clr_ranges + found, {t.tid for t in snapshot.threads})
+
+
+def _describe(ranges: list[MemoryRange], most: int = 8) -> str:
+    shown = ", ".join(f"{r.start:#x}-{r.end:#x} ({r.kind.value})" for r in ranges[:most])
+    return shown + (f" and {len(ranges) - most} more" if len(ranges) > most else "")
+
+
+def walk_in_pause(pid: int, output: OutputFile, mode: DumpMode, progress: DumpProgress | None,
+                  clr: ClrWalk | None, pause_timeout: float) -> Written:
+    """One pause, with the CLR walked while the target is held."""
+    from minidumper.engines.linux.session import PausedProcess
+
+    with PausedProcess(pid, pause_timeout) as paused:
+        clock = PauseClock()
+        snapshot = paused.snapshot()
+        clock.mark("snapshot")
+        plan, (size, _) = _walk_held(paused, snapshot, clock, output, mode, progress, clr)
+    return Written(snapshot, plan, size, paused.paused_seconds)
+
+
+def _walk_held(paused, snapshot: ProcessSnapshot, clock: PauseClock, output: OutputFile,
+               mode: DumpMode, progress: DumpProgress | None,
+               clr: ClrWalk | None) -> tuple[DumpPlan, tuple[int, list[tuple[int, int, int]]]]:
+    """In the pause: the CLR walked on the held target, the plan made, the memory copied. The
+    target is resumed as soon as its memory is in the output."""
+    if clr:
+        # Keyed by the ids the CLR knows its threads by: those of the target's pid namespace.
+        clr.start_walk({t.target_tid: t.prstatus_regs for t in snapshot.threads},
+                       modes.clr_depth(mode))
+    # While the bridge's process walks the CLR, this one plans the rest.
+    native_ranges = select.native_part(snapshot, mode, paused.memory.read)
+    clock.mark("native plan")
+    clr_ranges = clr.finish_walk() if clr else []
+    clock.mark("CLR walk")
+    plan = select.select(snapshot, mode, paused.memory.read, clr_ranges, native_ranges)
+    return plan, _copy(paused, snapshot, plan, clock, output, progress)
+
+
+def _copy(paused, snapshot: ProcessSnapshot, plan: DumpPlan, clock: PauseClock,
+          output: OutputFile, progress: DumpProgress | None) -> tuple[int, list[tuple[int, int, int]]]:
+    """The planned memory into the output, the target resumed, the headers written. Returns the
+    file's size, and where the memory lies in it (CoreWriter.copied_pieces)."""
+    from minidumper.engines.linux.core_writer import CoreWriter
+    from minidumper.engines.linux.memory import address_of
+
+    log.debug("plan: %d ranges, %d bytes: %s", len(plan.ranges), plan.total_bytes,
+              plan.bytes_by_kind())
+    writer = CoreWriter(output, snapshot, plan)
+    clock.mark("plan")
+    if progress:
+        progress.start(plan.total_bytes)
+    advance: Callable[[int], None] | None = progress.advance if progress else None
+    mapping = output.map(writer.planned_size)
+    if mapping is None:
+        log.debug("the output cannot be mapped: writing while the target is paused")
+        return writer.write(paused.stream(plan.ranges), advance), writer.copied_pieces()
+    # The target's memory goes straight into the file's pages: one copy, then resume.
+    with address_of(mapping) as destination:
+        writer.fill(paused.memory, destination, advance)
+    clock.mark("copy")
+    paused.resume()
+    clock.mark("resume")
+    log.debug("pause: %s", clock)
+    return writer.finish(), writer.copied_pieces()
+
+
+class PauseClock:
+    """Where the pause went, step by step, for the debug log (-v)."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+        self._steps: list[tuple[str, float]] = []
+
+    def mark(self, step: str) -> None:
+        now = time.monotonic()
+        self._steps.append((step, now - self._last))
+        self._last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{step} {seconds * 1000:.1f} ms" for step, seconds in self._steps)

@@ -1,0 +1,46 @@
+"""The short pause: the memory the walk before the pause found is copied, the target resumed, and
+the CLR walked on the copy. A dump made so reads as one with the CLR walked in the pause; a copy
+short of what the walk needs is made again."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from conftest import clrmd_read, run_minidumper
+
+FOUND = ("object_count", "histogram", "roots", "handles", "segments", "threads", "version_string")
+
+
+def _dump(app, path, mode, **environment):
+    env = {**os.environ, **environment}
+    result = run_minidumper("--pid", str(app.pid), "-f", str(path), f"--{mode}", "--json", "-v",
+                            env=env)
+    assert result.returncode == 0, result.stderr
+    app.assert_running()
+    return json.loads(result.stdout), result.stderr
+
+
+def test_a_walk_after_the_pause_reads_as_a_walk_in_it(heap_app, tmp_path):
+    after, after_log = _dump(heap_app, tmp_path / "after.core", "heap")
+    held, held_log = _dump(heap_app, tmp_path / "held.core", "heap", MINIDUMPER_WALK_IN_PAUSE="1")
+    assert "walked on the copy" in after_log and "lacked 0 pages" in after_log, after_log
+    assert "walked on the copy" not in held_log and "CLR walk" in held_log, held_log
+    copy, walked = clrmd_read("--dump", str(tmp_path / "after.core")), clrmd_read("--dump", str(tmp_path / "held.core"))
+    assert copy["errors"] == [] and copy["invalid_object_count"] == 0
+    assert copy["object_count"] > 10_000
+    for name in FOUND:
+        assert copy[name] == walked[name], name
+    assert after["mode"] == held["mode"] == "heap"
+
+
+def test_a_copy_short_of_what_the_walk_needs_is_made_again(heap_app, tmp_path):
+    # A warm-up that reads the CLR's heaps only finds none of the pages the stack walk reads:
+    # the first copy of a mini dump lacks them, the second has what the first walk found.
+    report, log = _dump(heap_app, tmp_path / "mini.core", "mini", MINIDUMPER_WARM_UP_DEPTH="layout")
+    assert "paused again" in log and log.count("walked on the copy") == 2, log
+    assert log.count("lacked 0 pages") == 1, log
+    live = clrmd_read("--pid", str(heap_app.pid))
+    mini = clrmd_read("--dump", str(tmp_path / "mini.core"))
+    assert mini["threads"] == live["threads"]
+    assert report["ranges_by_kind"]["dac-read"] > 0
