@@ -9,6 +9,7 @@ take their numbers (a line printed later would land in it).
 import os
 import signal
 import sys
+import threading
 
 TERMINATING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -35,6 +36,20 @@ def _raise_for(signum: int) -> None:
         raise KeyboardInterrupt
     raise Interrupted(signal.Signals(signum).name)
 
+
+def _on_unraisable(unraisable) -> None:
+    """A signal's exception raised where Python cannot unwind it (a callback, such as the import
+    system's on a module lock) is only printed and dropped: the signal is sent again instead,
+    from another thread a moment later, to be raised in ordinary code."""
+    if isinstance(unraisable.exc_value, (KeyboardInterrupt, Interrupted)) and _caught:
+        signum = _caught[0]
+        _caught.clear()
+        threading.Timer(0.001, os.kill, (os.getpid(), signum)).start()
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+sys.unraisablehook = _on_unraisable
 
 for _signum in TERMINATING_SIGNALS:
     if signal.getsignal(_signum) != signal.SIG_IGN:   # ignored on purpose (nohup): left so

@@ -94,19 +94,11 @@ def _copy_then_walk(pid: int, output: OutputFile, mode: DumpMode, progress: Dump
                     pause_timeout: float) -> tuple[Written, Knowledge | None]:
     """One short pause, then the walk on its copy. Returns what was written, and None; or, where
     the copy lacked what the walk needed, what this walk found, for the next try."""
-    from minidumper.engines.linux.memory import ProcessMemory
     from minidumper.engines.linux.session import PausedProcess
-    from minidumper.plan import native
     from clrmd_bridge import MemoryCopy
 
     # What can be known before the pause is not worked out in it.
-    mappings = targets.mappings(pid)
-    clr_part = select.clr_part_of(mode, known.clr_ranges, mappings)
-    memory = ProcessMemory(pid)
-    try:
-        native.learn_file_images(mappings, memory.read)
-    finally:
-        memory.close()
+    prepared = _prepare(pid, mode, known)
     with PausedProcess(pid, pause_timeout) as paused:
         clock = PauseClock()
         snapshot = paused.snapshot()
@@ -118,7 +110,7 @@ def _copy_then_walk(pid: int, output: OutputFile, mode: DumpMode, progress: Dump
                       len(started))
             plan, (size, pieces) = _walk_held(paused, snapshot, clock, output, mode, progress, clr)
         else:
-            plan = select.select(snapshot, mode, paused.memory.read, clr_part=clr_part)
+            plan = select.select(snapshot, mode, paused.memory.read, prepared=prepared)
             size, pieces = _copy(paused, snapshot, plan, clock, output, progress)
     written = Written(snapshot, plan, size, paused.paused_seconds)
     if started:
@@ -135,6 +127,18 @@ def _copy_then_walk(pid: int, output: OutputFile, mode: DumpMode, progress: Dump
     found = [(start, end, select.DAC_READ if kind == select.DAC_READ_MISSED else kind)
              for start, end, kind in clr_ranges]
     return written, Knowledge(known.clr_ranges + found, {t.tid for t in snapshot.threads})
+
+
+def _prepare(pid: int, mode: DumpMode, known: Knowledge) -> select.Prepared:
+    from minidumper.engines.linux import procfs
+    from minidumper.engines.linux.memory import ProcessMemory
+
+    memory = ProcessMemory(pid)
+    try:
+        return select.prepare(mode, targets.mappings(pid), procfs.read_bytes(pid, "auxv"),
+                              memory.read, known.clr_ranges)
+    finally:
+        memory.close()
 
 
 def _describe(ranges: list[MemoryRange], most: int = 8) -> str:

@@ -61,3 +61,32 @@ def test_a_signal_while_dotnet_starts(heap_app, tmp_path, signal_number, delay):
     dumper.send_signal(signal_number)
     stdout, _ = dumper.communicate(timeout=60)
     _assert_interrupted(dumper, stdout, heap_app, tmp_path)
+
+
+# A signal whose handler runs inside a callback (here a weakref's, as the import system's module
+# locks use): the exception raised there would be printed and dropped.
+_SIGNAL_IN_A_CALLBACK = """
+import os, signal, weakref
+import minidumper.entry as entry
+entry._armed = True
+class Lock: pass
+lock = Lock()
+def collected(_):
+    os.kill(os.getpid(), signal.{name})
+    for _ in range(1000): pass
+ref = weakref.ref(lock, collected)
+try:
+    del lock
+    for _ in range(10 ** 8): pass
+    print("lost")
+except (KeyboardInterrupt, entry.Interrupted):
+    print("raised")
+"""
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_a_signal_in_a_callback_is_raised_after_it(signal_number):
+    result = subprocess.run([MINIDUMPER[0], "-c", _SIGNAL_IN_A_CALLBACK.format(name=signal_number.name)],
+                            capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.stdout.strip() == "raised", result.stdout + result.stderr
+    assert "Exception ignored" not in result.stderr, result.stderr

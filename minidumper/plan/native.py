@@ -37,9 +37,10 @@ def pages(start: int, end: int, kind: RangeKind) -> MemoryRange:
     return MemoryRange(page_floor(start), page_ceil(max(end, start + 1)), kind)
 
 
-def thread_stacks(snapshot: ProcessSnapshot) -> Iterator[MemoryRange]:
+def thread_stacks(snapshot: ProcessSnapshot,
+                  index: MappingIndex | None = None) -> Iterator[MemoryRange]:
     """Each thread's stack from its stack pointer (less the red zone) to the end of its mapping."""
-    index = MappingIndex(snapshot.mappings)
+    index = index or MappingIndex(snapshot.mappings)
     for thread in snapshot.threads:
         mapping = index.at(thread.stack_pointer)
         if mapping:
@@ -47,33 +48,30 @@ def thread_stacks(snapshot: ProcessSnapshot) -> Iterator[MemoryRange]:
             yield pages(start, mapping.end, RangeKind.STACK)
 
 
-def thread_descriptors(snapshot: ProcessSnapshot) -> Iterator[MemoryRange]:
+def thread_descriptors(snapshot: ProcessSnapshot,
+                       index: MappingIndex | None = None) -> Iterator[MemoryRange]:
     """The thread control block at each thread's fs_base (glibc's struct pthread, some 2 KiB):
     a debugger's thread library walks the threads through it."""
-    index = MappingIndex(snapshot.mappings)
+    index = index or MappingIndex(snapshot.mappings)
     for thread in snapshot.threads:
         fs_base = struct.unpack_from("<Q", thread.prstatus_regs, REG_FS_BASE * 8)[0]
         if fs_base and index.at(fs_base):
             yield pages(fs_base, fs_base + THREAD_DESCRIPTOR_BYTES, RangeKind.THREAD_LIBRARY)
 
 
-def code_around_instruction_pointers(snapshot: ProcessSnapshot) -> Iterator[MemoryRange]:
-    index = MappingIndex(snapshot.mappings)
-    for thread in snapshot.threads:
-        ip = thread.instruction_pointer
-        if ip and index.at(ip):
-            yield MemoryRange(page_floor(ip) - PAGE_SIZE, page_floor(ip) + 2 * PAGE_SIZE,
-                              RangeKind.CODE_AROUND_IP)
+def code_around_instruction_pointers(snapshot: ProcessSnapshot,
+                                     index: MappingIndex | None = None) -> Iterator[MemoryRange]:
+    index = index or MappingIndex(snapshot.mappings)
+    # Threads waiting alike stop at the same few instructions: each page once.
+    for page in sorted({page_floor(t.instruction_pointer) for t in snapshot.threads
+                        if t.instruction_pointer and index.at(t.instruction_pointer)}):
+        yield MemoryRange(page - PAGE_SIZE, page + 2 * PAGE_SIZE, RangeKind.CODE_AROUND_IP)
 
 
-def vdso(snapshot: ProcessSnapshot) -> Iterator[MemoryRange]:
-    for mapping in snapshot.mappings:
+def vdso(mappings: list[Mapping]) -> Iterator[MemoryRange]:
+    for mapping in mappings:
         if mapping.path == "[vdso]":
             yield MemoryRange(mapping.start, mapping.end, RangeKind.VDSO)
-
-
-def _image_starts(snapshot: ProcessSnapshot) -> Iterator[Mapping]:
-    return _file_image_starts(snapshot.mappings)
 
 
 def _file_image_starts(mappings: list[Mapping]) -> Iterator[Mapping]:
@@ -88,9 +86,9 @@ def _program_headers(read: ReadMemory, phdr_address: int, count: int) -> list[tu
     return [struct.unpack_from("<IIQQQQQQ", table, i * 56) for i in range(len(table) // 56)]
 
 
-def elf_module_pieces(snapshot: ProcessSnapshot, read: ReadMemory) -> Iterator[MemoryRange]:
+def elf_module_pieces(mappings: list[Mapping], read: ReadMemory) -> Iterator[MemoryRange]:
     """Each ELF module's header page, and the pages of its PT_DYNAMIC, PT_NOTE and eh_frame."""
-    for mapping in _image_starts(snapshot):
+    for mapping in _file_image_starts(mappings):
         yield from _file_image_pieces("elf", mapping, read, _elf_pieces)
 
 
@@ -118,13 +116,6 @@ def _elf_pieces(mapping: Mapping, read: ReadMemory) -> Iterator[MemoryRange]:
 # as before it, so what a look before the pause found is not read again in the pause.
 _image_pieces: dict[tuple[str, Mapping], list[MemoryRange]] = {}
 MAX_IMAGES_REMEMBERED = 1 << 14
-
-
-def learn_file_images(mappings: list[Mapping], read: ReadMemory) -> None:
-    """Before the pause: what the file images' headers say, so that the pause need not read it."""
-    for mapping in _file_image_starts(mappings):
-        _file_image_pieces("elf", mapping, read, _elf_pieces)
-        _file_image_pieces("pe", mapping, read, _pe_header)
 
 
 def _file_image_pieces(what: str, mapping: Mapping, read: ReadMemory,
@@ -248,19 +239,19 @@ def runtime_module(mappings: list[Mapping], auxv: bytes, read: ReadMemory) -> Ma
     return None
 
 
-def runtime_base(snapshot: ProcessSnapshot, read: ReadMemory) -> int | None:
+def runtime_base(mappings: list[Mapping], auxv: bytes, read: ReadMemory) -> int | None:
     """Load address of the runtime's module, or None where the process has no CLR."""
-    module = runtime_module(snapshot.mappings, snapshot.auxv, read)
+    module = runtime_module(mappings, auxv, read)
     return module.start if module else None
 
 
-def runtime_data(snapshot: ProcessSnapshot, read: ReadMemory) -> Iterator[MemoryRange]:
+def runtime_data(mappings: list[Mapping], auxv: bytes, read: ReadMemory) -> Iterator[MemoryRange]:
     """The runtime module's writable mappings and the anonymous bss right after them (where
     "@(#)Version" and the DAC's globals are): libcoreclr's, or a single-file app's own."""
-    module = runtime_module(snapshot.mappings, snapshot.auxv, read)
+    module = runtime_module(mappings, auxv, read)
     if module is None:
         return iter(())
-    return module_data(snapshot, lambda path: path == module.path, RangeKind.RUNTIME_DATA)
+    return module_data(mappings, lambda path: path == module.path, RangeKind.RUNTIME_DATA)
 
 
 def is_thread_library(path: str) -> bool:
@@ -268,17 +259,17 @@ def is_thread_library(path: str) -> bool:
     return name.startswith(("ld-linux", "libc.so", "libpthread.so"))
 
 
-def thread_library_data(snapshot: ProcessSnapshot) -> Iterator[MemoryRange]:
+def thread_library_data(mappings: list[Mapping]) -> Iterator[MemoryRange]:
     """The dynamic loader's and libc's writable data: where a debugger's thread library finds
     the list of threads."""
-    return module_data(snapshot, is_thread_library, RangeKind.THREAD_LIBRARY)
+    return module_data(mappings, is_thread_library, RangeKind.THREAD_LIBRARY)
 
 
-def module_data(snapshot: ProcessSnapshot, is_module: Callable[[str], bool],
+def module_data(mappings: list[Mapping], is_module: Callable[[str], bool],
                 kind: RangeKind) -> Iterator[MemoryRange]:
     """The writable mappings of the modules is_module names, and the anonymous bss after them."""
     previous: Mapping | None = None
-    for mapping in snapshot.mappings:
+    for mapping in mappings:
         if is_module(mapping.path) and mapping.writable:
             yield MemoryRange(mapping.start, mapping.end, kind)
         elif (previous and is_module(previous.path) and previous.writable
@@ -287,9 +278,9 @@ def module_data(snapshot: ProcessSnapshot, is_module: Callable[[str], bool],
         previous = mapping
 
 
-def pe_headers(snapshot: ProcessSnapshot, read: ReadMemory) -> Iterator[MemoryRange]:
+def pe_headers(mappings: list[Mapping], read: ReadMemory) -> Iterator[MemoryRange]:
     """The first page of each mapped managed assembly (a PE image, "MZ")."""
-    for mapping in _image_starts(snapshot):
+    for mapping in _file_image_starts(mappings):
         yield from _file_image_pieces("pe", mapping, read, _pe_header)
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import bisect
 import struct
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from minidumper.model import (
-    PAGE_SIZE, DumpMode, DumpPlan, Mapping, MemoryRange, ProcessSnapshot, RangeKind,
+    PAGE_SIZE, DumpMode, DumpPlan, Mapping, MappingIndex, MemoryRange, ProcessSnapshot, RangeKind,
     SyntheticRange)
 from minidumper.plan import file_copies, native
 from minidumper.plan.modes import MODE_PARTS, Part, clr_range_kind
@@ -32,20 +33,46 @@ def dumpable(mapping: Mapping) -> bool:
 def select(snapshot: ProcessSnapshot, mode: DumpMode, read: native.ReadMemory,
            clr_ranges: Sequence[tuple[int, int, str]] = (),
            native_ranges: list[MemoryRange] | None = None,
-           clr_part: list[MemoryRange] | None = None) -> DumpPlan:
-    """The plan for a mode. clr_ranges are the bridge's (start, end, ClrMD kind), or clr_part
-    what clr_part() made of them already; native_ranges are native_part()'s, where it ran
-    already (while the bridge walked)."""
+           prepared: Prepared | None = None) -> DumpPlan:
+    """The plan for a mode. clr_ranges are the bridge's (start, end, ClrMD kind); native_ranges
+    are native_part()'s, where it ran already (while the bridge walked); prepared is what
+    prepare() made of the mappings and the CLR's ranges before the pause (clr_ranges unused)."""
     parts = MODE_PARTS[mode]
-    wanted = list(native_part(snapshot, mode, read) if native_ranges is None else native_ranges)
-    wanted += clr_part_of(mode, clr_ranges, snapshot.mappings) if clr_part is None else clr_part
-
-    ranges = clip_to(merge_by_priority(wanted), [m for m in snapshot.mappings if dumpable(m)])
+    if prepared is not None and snapshot.mappings == prepared.mappings:
+        wanted = prepared.planned + dynamic_native_part(snapshot, mode, read)
+        ranges = clip_to(merge_by_priority(wanted), prepared.allowed)
+        base = prepared.runtime_base
+    else:
+        wanted = list(native_part(snapshot, mode, read) if native_ranges is None else native_ranges)
+        wanted += prepared.clr_part if prepared else clr_part_of(mode, clr_ranges, snapshot.mappings)
+        ranges = clip_to(merge_by_priority(wanted),
+                         _merged_extents([m for m in snapshot.mappings if dumpable(m)]))
+        base = native.runtime_base(snapshot.mappings, snapshot.auxv, read)
     synthetic = []
-    base = native.runtime_base(snapshot, read)
     if Part.DIAG_INFO in parts and base is not None and not _overlaps(ranges, DIAG_INFO_ADDRESS):
         synthetic.append(SyntheticRange(DIAG_INFO_ADDRESS, diag_info_page(base), RangeKind.DIAG_INFO))
     return DumpPlan(mode=mode, ranges=ranges, synthetic=synthetic)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a plan can know before the pause, from the mappings as they were then; select() uses
+    it where the pause finds the same mappings (thousands of them, with a thousand threads)."""
+
+    mappings: list[Mapping]
+    clr_part: list[MemoryRange]          # clr_part_of() the CLR's ranges
+    planned: list[MemoryRange]           # that, and the part of native_part() the mappings tell
+    allowed: list[MemoryRange]           # the dumpable mappings, merged
+    runtime_base: int | None
+
+
+def prepare(mode: DumpMode, mappings: list[Mapping], auxv: bytes, read: native.ReadMemory,
+            clr_ranges: Sequence[tuple[int, int, str]]) -> Prepared:
+    clr_part = clr_part_of(mode, clr_ranges, mappings)
+    planned = merge_by_priority(static_native_part(mappings, auxv, mode, read) + clr_part)
+    return Prepared(mappings, clr_part, planned,
+                    _merged_extents([m for m in mappings if dumpable(m)]),
+                    native.runtime_base(mappings, auxv, read))
 
 
 def clr_part_of(mode: DumpMode, clr_ranges: Sequence[tuple[int, int, str]],
@@ -59,27 +86,44 @@ def clr_part_of(mode: DumpMode, clr_ranges: Sequence[tuple[int, int, str]],
 
 def native_part(snapshot: ProcessSnapshot, mode: DumpMode, read: native.ReadMemory) -> list[MemoryRange]:
     """What a mode takes that the snapshot and the target's memory tell, without the CLR."""
+    return (static_native_part(snapshot.mappings, snapshot.auxv, mode, read)
+            + dynamic_native_part(snapshot, mode, read))
+
+
+def static_native_part(mappings: list[Mapping], auxv: bytes, mode: DumpMode,
+                       read: native.ReadMemory) -> list[MemoryRange]:
+    """The part of native_part() that the mappings alone tell (file images are read only once)."""
     parts = MODE_PARTS[mode]
     wanted: list[MemoryRange] = []
     if Part.ALL_MAPPINGS in parts:
-        wanted += [MemoryRange(m.start, m.end, RangeKind.MAPPING) for m in snapshot.mappings]
-    if Part.STACKS in parts:
-        wanted += native.thread_stacks(snapshot)
-    if Part.CODE_AROUND_IP in parts:
-        wanted += native.code_around_instruction_pointers(snapshot)
+        wanted += [MemoryRange(m.start, m.end, RangeKind.MAPPING) for m in mappings]
     if Part.MODULE_HEADERS in parts:
-        wanted += native.elf_module_pieces(snapshot, read)
+        wanted += native.elf_module_pieces(mappings, read)
+    if Part.THREAD_LIBRARY in parts:
+        wanted += native.thread_library_data(mappings)
+    if Part.VDSO in parts:
+        wanted += native.vdso(mappings)
+    if Part.RUNTIME_DATA in parts:
+        wanted += native.runtime_data(mappings, auxv, read)
+    if Part.PE_HEADERS in parts:
+        wanted += native.pe_headers(mappings, read)
+    return wanted
+
+
+def dynamic_native_part(snapshot: ProcessSnapshot, mode: DumpMode,
+                        read: native.ReadMemory) -> list[MemoryRange]:
+    """The part of native_part() that the threads and the loader's data tell."""
+    parts = MODE_PARTS[mode]
+    index = MappingIndex(snapshot.mappings)
+    wanted: list[MemoryRange] = []
+    if Part.STACKS in parts:
+        wanted += native.thread_stacks(snapshot, index)
+    if Part.CODE_AROUND_IP in parts:
+        wanted += native.code_around_instruction_pointers(snapshot, index)
     if Part.LINK_MAP in parts:
         wanted += native.link_map(snapshot, read)
     if Part.THREAD_LIBRARY in parts:
-        wanted += native.thread_library_data(snapshot)
-        wanted += native.thread_descriptors(snapshot)
-    if Part.VDSO in parts:
-        wanted += native.vdso(snapshot)
-    if Part.RUNTIME_DATA in parts:
-        wanted += native.runtime_data(snapshot, read)
-    if Part.PE_HEADERS in parts:
-        wanted += native.pe_headers(snapshot, read)
+        wanted += native.thread_descriptors(snapshot, index)
     return wanted
 
 
@@ -90,7 +134,7 @@ def lacking(plan: DumpPlan, snapshot: ProcessSnapshot, mode: DumpMode,
     clr_ranges = [(start, end, DAC_READ if kind == DAC_READ_MISSED else kind)
                   for start, end, kind in clr_ranges]
     wanted = clip_to(clr_part_of(mode, clr_ranges, snapshot.mappings),
-                     [m for m in snapshot.mappings if dumpable(m)])
+                     _merged_extents([m for m in snapshot.mappings if dumpable(m)]))
     return subtract(wanted, plan.ranges)
 
 
@@ -102,7 +146,7 @@ def expected_bytes(mode: DumpMode, mappings: list[Mapping],
     if Part.ALL_MAPPINGS in MODE_PARTS[mode]:
         return sum(m.size for m in readable)
     if Part.CLR_HEAPS in MODE_PARTS[mode] and clr_layout:
-        return sum(r.size for r in clip_to(merge(_clr_pieces(mode, clr_layout)), readable))
+        return sum(r.size for r in clip_to(merge(_clr_pieces(mode, clr_layout)), _merged_extents(readable)))
     return None
 
 
@@ -164,22 +208,31 @@ def subtract(ranges: list[MemoryRange], covered: list[MemoryRange]) -> list[Memo
 
 def merge(ranges: Iterable[MemoryRange]) -> list[MemoryRange]:
     """Sorted and non-overlapping; where two overlap, the one that starts first keeps its kind."""
-    merged: list[MemoryRange] = []
+    # Worked on as lists, a MemoryRange made once per result: this runs in the pause, over
+    # thousands of ranges with a thousand threads.
+    merged: list[list] = []
     for r in sorted(ranges, key=lambda r: (r.start, -r.end)):
-        if merged and r.start < merged[-1].end:
-            if r.end <= merged[-1].end:
+        start = r.start
+        if merged:
+            last = merged[-1]
+            if start < last[1]:
+                if r.end <= last[1]:
+                    continue
+                start = last[1]
+            if start == last[1] and r.kind == last[2]:
+                last[1] = r.end
                 continue
-            r = MemoryRange(merged[-1].end, r.end, r.kind)
-        if merged and r.start == merged[-1].end and r.kind == merged[-1].kind:
-            merged[-1] = MemoryRange(merged[-1].start, r.end, r.kind)
-        else:
-            merged.append(r)
-    return merged
+        merged.append([start, r.end, r.kind])
+    return [MemoryRange(start, end, kind) for start, end, kind in merged]
 
 
-def clip_to(ranges: list[MemoryRange], mappings: list[Mapping]) -> list[MemoryRange]:
-    """The parts of sorted, non-overlapping ranges that lie inside the given mappings."""
-    allowed = merge(MemoryRange(m.start, m.end) for m in mappings)
+def _merged_extents(mappings: list[Mapping]) -> list[MemoryRange]:
+    return merge(MemoryRange(m.start, m.end) for m in mappings)
+
+
+def clip_to(ranges: list[MemoryRange], allowed: list[MemoryRange]) -> list[MemoryRange]:
+    """The parts of sorted, non-overlapping ranges that lie inside the sorted, non-overlapping
+    allowed ones (_merged_extents of mappings)."""
     starts = [a.start for a in allowed]
     clipped = []
     for r in ranges:
