@@ -20,6 +20,7 @@ from typing import Protocol
 
 from minidumper import targets
 from minidumper.clr_walk import ClrWalk
+from minidumper.errors import TargetExitedError
 from minidumper.model import PAGE_SIZE, DumpMode, DumpPlan, MemoryRange, ProcessSnapshot
 from minidumper.output import OutputFile
 from minidumper.plan import modes, select
@@ -137,6 +138,8 @@ def _prepare(pid: int, mode: DumpMode, known: Knowledge) -> select.Prepared:
     try:
         return select.prepare(mode, targets.mappings(pid), procfs.read_bytes(pid, "auxv"),
                               memory.read, known.clr_ranges)
+    except (FileNotFoundError, ProcessLookupError) as error:
+        raise TargetExitedError(f"process {pid} exited") from error
     finally:
         memory.close()
 
