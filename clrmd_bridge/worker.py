@@ -72,8 +72,11 @@ def main(argv: list[str]) -> int:
     write_frame(replies, ("ready", os.getpid()))
     while (request := read_frame(requests)) is not None:
         pid, registers, depth, dac_path, copy = request
-        # Registers come only from a target that our engine holds: the pause waits for this walk.
-        if registers:
+        # Registers come only from a target that our engine holds: without a copy of its memory
+        # to walk, the pause waits for this walk.
+        if copy is not None:
+            priority.after_pause()
+        elif registers:
             priority.normal()
         else:
             priority.lower()
