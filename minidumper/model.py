@@ -89,6 +89,12 @@ class Mapping:
     def is_file(self) -> bool:
         return self.path.startswith("/") and self.inode != 0
 
+    @property
+    def private_anonymous(self) -> bool:
+        """Private memory backed by no file: a page never touched there reads as zeros."""
+        return (self.perms[3] == "p" and self.inode == 0
+                and (not self.path or self.path in ("[heap]", "[stack]") or self.path.startswith("[anon:")))
+
 
 class MappingIndex:
     """Finds the mapping that holds an address, in logarithmic time."""

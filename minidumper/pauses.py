@@ -198,14 +198,25 @@ def _copy(paused, snapshot: ProcessSnapshot, plan: DumpPlan, clock: PauseClock,
     if mapping is None:
         log.debug("the output cannot be mapped: writing while the target is paused")
         return writer.write(paused.stream(plan.ranges), advance), writer.copied_pieces()
+    zeros = _untouched(paused.memory, plan, snapshot)
+    clock.mark("untouched pages")
+    log.debug("%d MiB never touched: written as zeros, not read",
+              sum(end - start for start, end in zeros) >> 20)
     # The target's memory goes straight into the file's pages: one copy, then resume.
     with address_of(mapping) as destination:
-        writer.fill(paused.memory, destination, advance)
+        writer.fill(paused.memory, destination, advance, zeros)
     clock.mark("copy")
     paused.resume()
     clock.mark("resume")
     log.debug("pause: %s", clock)
     return writer.finish(), writer.copied_pieces()
+
+
+def _untouched(memory, plan: DumpPlan, snapshot: ProcessSnapshot) -> list[tuple[int, int]]:
+    """The planned private anonymous memory that was never touched: zeros, not read (most of a
+    thousand threads' stack reservations in a full dump)."""
+    anonymous = select.extents([m for m in snapshot.mappings if m.private_anonymous])
+    return memory.untouched([(r.start, r.end) for r in select.clip_to(plan.ranges, anonymous)])
 
 
 class PauseClock:

@@ -46,7 +46,7 @@ def select(snapshot: ProcessSnapshot, mode: DumpMode, read: native.ReadMemory,
         wanted = list(native_part(snapshot, mode, read) if native_ranges is None else native_ranges)
         wanted += prepared.clr_part if prepared else clr_part_of(mode, clr_ranges, snapshot.mappings)
         ranges = clip_to(merge_by_priority(wanted),
-                         _merged_extents([m for m in snapshot.mappings if dumpable(m)]))
+                         extents([m for m in snapshot.mappings if dumpable(m)]))
         base = native.runtime_base(snapshot.mappings, snapshot.auxv, read)
     synthetic = []
     if Part.DIAG_INFO in parts and base is not None and not _overlaps(ranges, DIAG_INFO_ADDRESS):
@@ -71,7 +71,7 @@ def prepare(mode: DumpMode, mappings: list[Mapping], auxv: bytes, read: native.R
     clr_part = clr_part_of(mode, clr_ranges, mappings)
     planned = merge_by_priority(static_native_part(mappings, auxv, mode, read) + clr_part)
     return Prepared(mappings, clr_part, planned,
-                    _merged_extents([m for m in mappings if dumpable(m)]),
+                    extents([m for m in mappings if dumpable(m)]),
                     native.runtime_base(mappings, auxv, read))
 
 
@@ -134,7 +134,7 @@ def lacking(plan: DumpPlan, snapshot: ProcessSnapshot, mode: DumpMode,
     clr_ranges = [(start, end, DAC_READ if kind == DAC_READ_MISSED else kind)
                   for start, end, kind in clr_ranges]
     wanted = clip_to(clr_part_of(mode, clr_ranges, snapshot.mappings),
-                     _merged_extents([m for m in snapshot.mappings if dumpable(m)]))
+                     extents([m for m in snapshot.mappings if dumpable(m)]))
     return subtract(wanted, plan.ranges)
 
 
@@ -146,7 +146,7 @@ def expected_bytes(mode: DumpMode, mappings: list[Mapping],
     if Part.ALL_MAPPINGS in MODE_PARTS[mode]:
         return sum(m.size for m in readable)
     if Part.CLR_HEAPS in MODE_PARTS[mode] and clr_layout:
-        return sum(r.size for r in clip_to(merge(_clr_pieces(mode, clr_layout)), _merged_extents(readable)))
+        return sum(r.size for r in clip_to(merge(_clr_pieces(mode, clr_layout)), extents(readable)))
     return None
 
 
@@ -226,13 +226,14 @@ def merge(ranges: Iterable[MemoryRange]) -> list[MemoryRange]:
     return [MemoryRange(start, end, kind) for start, end, kind in merged]
 
 
-def _merged_extents(mappings: list[Mapping]) -> list[MemoryRange]:
+def extents(mappings: list[Mapping]) -> list[MemoryRange]:
+    """The address ranges the mappings cover, merged: what clip_to() takes."""
     return merge(MemoryRange(m.start, m.end) for m in mappings)
 
 
 def clip_to(ranges: list[MemoryRange], allowed: list[MemoryRange]) -> list[MemoryRange]:
     """The parts of sorted, non-overlapping ranges that lie inside the sorted, non-overlapping
-    allowed ones (_merged_extents of mappings)."""
+    allowed ones (extents() of mappings)."""
     starts = [a.start for a in allowed]
     clipped = []
     for r in ranges:

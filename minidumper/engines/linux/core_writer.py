@@ -145,23 +145,54 @@ class CoreWriter:
                 + sum(len(s.contents) for s in self._plan.synthetic))
 
     def fill(self, memory: MemorySource, destination: int,
-             progress: Callable[[int], None] | None = None) -> None:
+             progress: Callable[[int], None] | None = None,
+             zeros: list[tuple[int, int]] = ()) -> None:
         """Reads every planned range into its place in the mapped file, which starts at address
         destination. Unreadable pages stay zero there and out of the segments, unless there are
-        too many holes to list."""
-        bases = []
+        too many holes to list. zeros: sorted runs of memory known to read as zeros (never
+        touched): put in the segments without reading, the file's zero pages standing for them
+        (the file must be new, or cut to nothing since)."""
+        reads: list[tuple[int, int, int]] = []       # (start, end, file offset)
+        skipped: list[tuple[int, int, int]] = []
+        zero_index = 0
         for memory_range in self._plan.ranges:
-            bases.append(self._offset)
+            base = self._offset - memory_range.start
+            at = memory_range.start
+            while zero_index < len(zeros) and zeros[zero_index][1] <= at:
+                zero_index += 1
+            probe = zero_index
+            while probe < len(zeros) and zeros[probe][0] < memory_range.end:
+                zero_start, zero_end = max(zeros[probe][0], at), min(zeros[probe][1], memory_range.end)
+                if zero_start > at:
+                    reads.append((at, zero_start, base + at))
+                skipped.append((zero_start, zero_end, base + zero_start))
+                at = zero_end
+                probe += 1
+            if at < memory_range.end:
+                reads.append((at, memory_range.end, base + at))
             self._offset += memory_range.size
-        pieces = [(r.start, r.end, destination + base) for r, base in zip(self._plan.ranges, bases)]
+        pieces = [(start, end, destination + offset) for start, end, offset in reads]
+        next_skipped = 0
         for index, address, length in memory.fill_many(pieces):
-            self._place(address, length, bases[index] + address - self._plan.ranges[index].start)
+            while next_skipped < len(skipped) and skipped[next_skipped][0] < address:
+                next_skipped = self._place_skipped(skipped, next_skipped, progress)
+            self._place(address, length, reads[index][2] + address - reads[index][0])
             if progress:
                 progress(length)
+        while next_skipped < len(skipped):
+            next_skipped = self._place_skipped(skipped, next_skipped, progress)
         for synthetic in self._plan.synthetic:
             ctypes.memmove(destination + self._offset, synthetic.contents, len(synthetic.contents))
             self._place(synthetic.address, len(synthetic.contents), self._offset, elf.PF_R)
             self._offset += len(synthetic.contents)
+
+    def _place_skipped(self, skipped: list[tuple[int, int, int]], index: int,
+                       progress: Callable[[int], None] | None) -> int:
+        start, end, offset = skipped[index]
+        self._place(start, end - start, offset)
+        if progress:
+            progress(end - start)
+        return index + 1
 
     def copied_pieces(self) -> list[tuple[int, int, int]]:
         """After fill(): where the target's memory lies in the file, (address, offset, size),
