@@ -215,8 +215,10 @@ def _copy(paused, snapshot: ProcessSnapshot, plan: DumpPlan, clock: PauseClock,
 def _untouched(memory, plan: DumpPlan, snapshot: ProcessSnapshot) -> list[tuple[int, int]]:
     """The planned private anonymous memory that was never touched: zeros, not read (most of a
     thousand threads' stack reservations in a full dump)."""
+    from minidumper.engines.linux import pagemap
+
     anonymous = select.extents([m for m in snapshot.mappings if m.private_anonymous])
-    return memory.untouched([(r.start, r.end) for r in select.clip_to(plan.ranges, anonymous)])
+    return pagemap.untouched(memory.pid, [(r.start, r.end) for r in select.clip_to(plan.ranges, anonymous)])
 
 
 class PauseClock:

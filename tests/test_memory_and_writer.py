@@ -166,25 +166,29 @@ mapped = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 mapped[0:4096] = b"A" * 4096
 mapped[size // 2:size // 2 + 4096] = b"B" * 4096
 mapped[size - 4096:] = b"\\0" * 4096          # touched, and zeros
+sum(mapped[i] for i in range(size // 4, size // 4 + (1 << 20), 4096))   # read only: the zero page
 print(ctypes.addressof(ctypes.c_char.from_buffer(mapped)), flush=True)
 time.sleep(300)
 """
 
 
 def test_memory_never_touched_is_zeros_in_the_core_without_being_read(tmp_path, monkeypatch):
-    """Private anonymous pages never touched (most of a thousand threads' stack reservations) go
+    """Private anonymous pages never written (most of a thousand threads' stack reservations) go
     in as zeros, from pagemap, and the pages between them are read."""
+    from minidumper.engines.linux import pagemap
     from minidumper.engines.linux.memory import ProcessMemory
 
     size = 64 << 20
     child = subprocess.Popen([sys.executable, "-c", SPARSE_MAKER], stdout=subprocess.PIPE, text=True)
     try:
         address = int(child.stdout.readline())
-        untouched = ProcessMemory(child.pid).untouched([(address, address + size)])
+        untouched = pagemap.untouched(child.pid, [(address, address + size)])
         touched = (address, address + size // 2, address + size - PAGE_SIZE)
         assert not any(s <= page < e for s, e in untouched for page in touched), untouched
         # Transparent huge pages may make a touch fault in 2 MiB: the rest is never touched.
         assert sum(e - s for s, e in untouched) >= size - 3 * HUGE_PAGE
+        if pagemap._zero_page_frame():   # pages only read map the zero page: still zeros
+            assert any(s <= address + size // 4 < e for s, e in untouched), untouched
         asked: list[tuple[int, int]] = []
         read_many = ProcessMemory.fill_many
         monkeypatch.setattr(ProcessMemory, "fill_many",

@@ -10,7 +10,6 @@ import ctypes
 import errno
 import mmap
 import os
-import re
 from collections.abc import Iterator
 
 from minidumper.engines.linux import procfs
@@ -20,12 +19,6 @@ from minidumper.model import PAGE_SIZE
 
 CHUNK_SIZE = 8 << 20
 IOV_MAX = 1024
-# /proc/PID/pagemap: 8 bytes a page; bits 63 (in memory) and 62 (swapped out) are in the last.
-PAGEMAP_ENTRY = 8
-PAGEMAP_CHUNK_PAGES = 1 << 20
-_IN_MEMORY_OR_SWAPPED = bytes(1 if byte & 0xC0 else 0 for byte in range(256))
-MIN_UNTOUCHED_PAGES = 16      # shorter runs are read: a segment each is not worth it
-_UNTOUCHED_RUN = re.compile(b"\x00{%d,}" % MIN_UNTOUCHED_PAGES)
 
 
 @contextlib.contextmanager
@@ -51,31 +44,6 @@ class ProcessMemory:
         if self._mem_fd is not None:
             os.close(self._mem_fd)
             self._mem_fd = None
-
-    def untouched(self, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        """The runs of pages of the given (page-aligned) ranges that are neither in memory nor
-        swapped out. In private anonymous memory such a page was never written: it reads as
-        zeros, and need not be read. [] where pagemap cannot be read."""
-        try:
-            fd = os.open(f"/proc/{self.pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return []
-        runs = []
-        try:
-            for start, end in ranges:
-                for chunk in range(start, end, PAGEMAP_CHUNK_PAGES * PAGE_SIZE):
-                    pages = (min(end, chunk + PAGEMAP_CHUNK_PAGES * PAGE_SIZE) - chunk) // PAGE_SIZE
-                    entries = os.pread(fd, pages * PAGEMAP_ENTRY, chunk // PAGE_SIZE * PAGEMAP_ENTRY)
-                    if len(entries) != pages * PAGEMAP_ENTRY:
-                        break
-                    touched = entries[PAGEMAP_ENTRY - 1::PAGEMAP_ENTRY].translate(_IN_MEMORY_OR_SWAPPED)
-                    runs += [(chunk + m.start() * PAGE_SIZE, chunk + m.end() * PAGE_SIZE)
-                             for m in _UNTOUCHED_RUN.finditer(touched)]
-        except OSError:
-            return []
-        finally:
-            os.close(fd)
-        return runs
 
     def read(self, address: int, size: int) -> bytes:
         """The bytes at address, cut short at the first unreadable page (b"" if none)."""
