@@ -233,19 +233,25 @@ class ThreadGroupTracer:
         self._gone.add(tid)
 
     def _get_regsets(self, tids: list[int], sets: list[tuple[int, int]]) -> dict[int, list[bytes | None]]:
-        return {tid: [self._get_regset(tid, note_type, size) for note_type, size in sets] for tid in tids}
+        # One buffer and one iovec per set, reused for every thread: thousands of calls, in the pause.
+        prepared = []
+        for note_type, size in sets:
+            buffer = ctypes.create_string_buffer(size)
+            vector = iovec(ctypes.cast(buffer, ctypes.c_void_p), size)
+            prepared.append((ctypes.c_void_p(note_type), size, vector, buffer))
+        return {tid: [self._get_regset(tid, *set_) for set_ in prepared] for tid in tids}
 
-    def _get_regset(self, tid: int, note_type: int, size: int) -> bytes | None:
-        buffer = ctypes.create_string_buffer(size)
-        vector = iovec(ctypes.cast(buffer, ctypes.c_void_p), size)
-        if libc.ptrace(PTRACE_GETREGSET, tid, ctypes.c_void_p(note_type), ctypes.byref(vector)) != 0:
+    def _get_regset(self, tid: int, note_type: ctypes.c_void_p, size: int, vector: iovec,
+                    buffer: ctypes.Array) -> bytes | None:
+        vector.iov_len = size
+        if libc.ptrace(PTRACE_GETREGSET, tid, note_type, ctypes.byref(vector)) != 0:
             err = ctypes.get_errno()
             if err in (errno.EINVAL, errno.ENODEV):
                 return None
             if err == errno.ESRCH:
                 raise TargetExitedError(f"thread {tid} of process {self.pid} exited mid-dump")
             raise last_os_error("PTRACE_GETREGSET", tid)
-        return buffer.raw[:vector.iov_len]
+        return ctypes.string_at(buffer, vector.iov_len)
 
     def _detach_all(self) -> None:
         for thread in list(self.held.values()):
