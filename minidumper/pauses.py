@@ -125,9 +125,7 @@ def _copy_then_walk(pid: int, output: OutputFile, mode: DumpMode, progress: Dump
     if not lacking:
         return written, None
     log.debug("the copy lacked %s: paused again", _describe(lacking))
-    found = [(start, end, select.DAC_READ if kind == select.DAC_READ_MISSED else kind)
-             for start, end, kind in clr_ranges]
-    return written, Knowledge(known.clr_ranges + found, {t.tid for t in snapshot.threads})
+    return written, Knowledge(known.clr_ranges + clr_ranges, {t.tid for t in snapshot.threads})
 
 
 def _prepare(pid: int, mode: DumpMode, known: Knowledge) -> select.Prepared:

@@ -50,11 +50,13 @@ namespace ClrmdBridge
             Reads = new PageRangeSet();
             _copy = copy;
             if (copy is not null)
-                copy.Fallback = (address, buffer) => buffer.IsEmpty ? 0 : _inner.Read(address, buffer);
+                copy.Fallback = ReadTarget;
             _cache = copy is not null || Environment.GetEnvironmentVariable(NoPageCacheVariable) == "1"
                 ? null
-                : new PageCache((address, buffer) => buffer.IsEmpty ? 0 : _inner.Read(address, buffer));
+                : new PageCache(ReadTarget);
         }
+
+        private int ReadTarget(ulong address, Span<byte> buffer) => buffer.IsEmpty ? 0 : _inner.Read(address, buffer);
 
         /// <summary>Reads fail from now on instead of reaching a copy that is unmapped, until the
         /// next walk begins.</summary>

@@ -75,6 +75,7 @@ CLR_KINDS: dict[str, RangeKind | None] = {
     "ModuleMetadata": RangeKind.MODULE_METADATA,
     "ReadyToRunSection": RangeKind.READY_TO_RUN,
     "DacRead": RangeKind.DAC_READ,
+    "DacReadMissed": RangeKind.DAC_READ,            # what a walk of a copy read that it lacked
     "DacEnumMemory": RangeKind.DAC_ENUM,
     "DacReadOfLoadedMethods": RangeKind.DAC_READ,   # found before the pause, heap mode only
 }
@@ -85,7 +86,7 @@ UNKNOWN_CLR_KIND = RangeKind.LOADER_HEAP
 def clr_range_kind(clr_kind: str, mode: DumpMode) -> RangeKind | None:
     """The kind a CLR range is written as in this mode, or None to leave it out."""
     parts = MODE_PARTS[mode]
-    if clr_kind in ("DacRead", "DacEnumMemory"):
+    if clr_kind in ("DacRead", "DacReadMissed", "DacEnumMemory"):
         return CLR_KINDS[clr_kind] if Part.CLR_STACK_READS in parts else None
     if Part.CLR_HEAPS not in parts:
         return None

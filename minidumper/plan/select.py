@@ -13,8 +13,6 @@ from minidumper.model import (
 from minidumper.plan import file_copies, native
 from minidumper.plan.modes import MODE_PARTS, Part, clr_range_kind
 
-DAC_READ, DAC_READ_MISSED = "DacRead", "DacReadMissed"   # the bridge's kinds of the walk's reads
-
 # Where createdump puts the page that tells readers where the runtime is (64-bit Linux).
 DIAG_INFO_ADDRESS = 0x00007FFFFFF10000
 DIAG_INFO_SIGNATURE = b"DIAGINFOHEADER"
@@ -45,8 +43,7 @@ def select(snapshot: ProcessSnapshot, mode: DumpMode, read: native.ReadMemory,
     else:
         wanted = list(native_part(snapshot, mode, read) if native_ranges is None else native_ranges)
         wanted += prepared.clr_part if prepared else clr_part_of(mode, clr_ranges, snapshot.mappings)
-        ranges = clip_to(merge_by_priority(wanted),
-                         extents([m for m in snapshot.mappings if dumpable(m)]))
+        ranges = clip_to(merge_by_priority(wanted), dumpable_extents(snapshot.mappings))
         base = native.runtime_base(snapshot.mappings, snapshot.auxv, read)
     synthetic = []
     if Part.DIAG_INFO in parts and base is not None and not _overlaps(ranges, DIAG_INFO_ADDRESS):
@@ -70,8 +67,7 @@ def prepare(mode: DumpMode, mappings: list[Mapping], auxv: bytes, read: native.R
             clr_ranges: Sequence[tuple[int, int, str]]) -> Prepared:
     clr_part = clr_part_of(mode, clr_ranges, mappings)
     planned = merge_by_priority(static_native_part(mappings, auxv, mode, read) + clr_part)
-    return Prepared(mappings, clr_part, planned,
-                    extents([m for m in mappings if dumpable(m)]),
+    return Prepared(mappings, clr_part, planned, dumpable_extents(mappings),
                     native.runtime_base(mappings, auxv, read))
 
 
@@ -131,10 +127,8 @@ def lacking(plan: DumpPlan, snapshot: ProcessSnapshot, mode: DumpMode,
             clr_ranges: Sequence[tuple[int, int, str]]) -> list[MemoryRange]:
     """What a plan made from clr_ranges would hold beyond plan: for a walk of plan's own copy,
     the memory it found or needed that the copy lacked (pages it missed count as pages read)."""
-    clr_ranges = [(start, end, DAC_READ if kind == DAC_READ_MISSED else kind)
-                  for start, end, kind in clr_ranges]
     wanted = clip_to(clr_part_of(mode, clr_ranges, snapshot.mappings),
-                     extents([m for m in snapshot.mappings if dumpable(m)]))
+                     dumpable_extents(snapshot.mappings))
     return subtract(wanted, plan.ranges)
 
 
@@ -229,6 +223,10 @@ def merge(ranges: Iterable[MemoryRange]) -> list[MemoryRange]:
 def extents(mappings: list[Mapping]) -> list[MemoryRange]:
     """The address ranges the mappings cover, merged: what clip_to() takes."""
     return merge(MemoryRange(m.start, m.end) for m in mappings)
+
+
+def dumpable_extents(mappings: list[Mapping]) -> list[MemoryRange]:
+    return extents([m for m in mappings if dumpable(m)])
 
 
 def clip_to(ranges: list[MemoryRange], allowed: list[MemoryRange]) -> list[MemoryRange]:
