@@ -112,7 +112,7 @@ def _copy_then_walk(pid: int, output: OutputFile, mode: DumpMode, progress: Dump
             plan, (size, pieces) = _walk_held(paused, snapshot, clock, output, mode, progress, clr)
         else:
             plan = select.select(snapshot, mode, paused.memory.read, prepared=prepared)
-            size, pieces = _copy(paused, snapshot, plan, clock, output, progress)
+            size, pieces = _copy(paused, snapshot, plan, clock, output, progress, prepared)
     written = Written(snapshot, plan, size, paused.paused_seconds)
     if started:
         return written, None
@@ -179,7 +179,8 @@ def _walk_held(paused, snapshot: ProcessSnapshot, clock: PauseClock, output: Out
 
 
 def _copy(paused, snapshot: ProcessSnapshot, plan: DumpPlan, clock: PauseClock,
-          output: OutputFile, progress: DumpProgress | None) -> tuple[int, list[tuple[int, int, int]]]:
+          output: OutputFile, progress: DumpProgress | None,
+          prepared: select.Prepared | None = None) -> tuple[int, list[tuple[int, int, int]]]:
     """The planned memory into the output, the target resumed, the headers written. Returns the
     file's size, and where the memory lies in it (CoreWriter.copied_pieces)."""
     from minidumper.engines.linux.core_writer import CoreWriter
@@ -196,7 +197,8 @@ def _copy(paused, snapshot: ProcessSnapshot, plan: DumpPlan, clock: PauseClock,
     if mapping is None:
         log.debug("the output cannot be mapped: writing while the target is paused")
         return writer.write(paused.stream(plan.ranges), advance), writer.copied_pieces()
-    zeros = _untouched(paused.memory, plan, snapshot)
+    anonymous = prepared.anonymous if prepared and prepared.fits(snapshot) else None
+    zeros = _untouched(paused.memory, plan, snapshot, anonymous)
     clock.mark("untouched pages")
     log.debug("%d MiB never touched: written as zeros, not read",
               sum(end - start for start, end in zeros) >> 20)
@@ -210,13 +212,19 @@ def _copy(paused, snapshot: ProcessSnapshot, plan: DumpPlan, clock: PauseClock,
     return writer.finish(), writer.copied_pieces()
 
 
-def _untouched(memory, plan: DumpPlan, snapshot: ProcessSnapshot) -> list[tuple[int, int]]:
+def _untouched(memory, plan: DumpPlan, snapshot: ProcessSnapshot,
+               anonymous: list[MemoryRange] | None) -> list[tuple[int, int]]:
     """The planned private anonymous memory that was never touched: zeros, not read (most of a
-    thousand threads' stack reservations in a full dump)."""
+    thousand threads' stack reservations in a full dump). anonymous: anonymous_extents() of the
+    snapshot's mappings, where known."""
     from minidumper.engines.linux import pagemap
 
-    anonymous = select.extents([m for m in snapshot.mappings if m.private_anonymous])
-    return pagemap.untouched(memory.pid, [(r.start, r.end) for r in select.clip_to(plan.ranges, anonymous)])
+    long_enough = [r for r in plan.ranges if r.size >= pagemap.MIN_RUN_PAGES * PAGE_SIZE]
+    if not long_enough:
+        return []
+    if anonymous is None:
+        anonymous = select.anonymous_extents(snapshot.mappings)
+    return pagemap.untouched(memory.pid, [(r.start, r.end) for r in select.clip_to(long_enough, anonymous)])
 
 
 class PauseClock:

@@ -44,3 +44,33 @@ def test_a_copy_short_of_what_the_walk_needs_is_made_again(heap_app, tmp_path):
     mini = clrmd_read("--dump", str(tmp_path / "mini.core"))
     assert mini["threads"] == live["threads"]
     assert report["ranges_by_kind"]["dac-read"] > 0
+
+
+def test_a_plan_prepared_before_the_pause_is_the_plan_made_in_it(heap_app):
+    from minidumper.engines.linux import procfs
+    from minidumper.engines.linux.session import PausedProcess
+    from minidumper.model import DumpMode, RangeKind
+    from minidumper.plan import select
+
+    # The CLR's ranges as a walk reports them, overlapping each other, the threads' stacks and
+    # the modules' headers: DAC reads and enumerations, GC and loader heaps.
+    with PausedProcess(heap_app.pid) as paused:
+        snapshot = paused.snapshot()
+        clr_ranges = []
+        for number, mapping in enumerate(m for m in snapshot.mappings if m.readable):
+            kind = ("DacRead", "DacEnumMemory", "GCSegment", "NativeHeap:LoaderHeap")[number % 4]
+            clr_ranges.append((mapping.start, min(mapping.end, mapping.start + 3 * 4096), kind))
+        for thread in snapshot.threads:
+            clr_ranges.append((thread.stack_pointer - 8192, thread.stack_pointer + 8192, "DacRead"))
+        for mode in (DumpMode.MINI, DumpMode.HEAP):
+            prepared = select.prepare(mode, snapshot.mappings, snapshot.auxv, paused.memory.read, clr_ranges)
+            assert prepared.fits(snapshot)
+            quick = select.select(snapshot, mode, paused.memory.read, prepared=prepared)
+            whole = select.select(snapshot, mode, paused.memory.read, clr_ranges)
+            assert select.extents(quick.ranges) == select.extents(whole.ranges), mode
+            for kind in (RangeKind.DAC_READ, RangeKind.DAC_ENUM):
+                assert ([(r.start, r.end) for r in quick.ranges if r.kind is kind]
+                        == [(r.start, r.end) for r in whole.ranges if r.kind is kind]), (mode, kind)
+            assert all(a.end <= b.start for a, b in zip(quick.ranges, quick.ranges[1:]))
+    assert procfs.alive(heap_app.pid)
+    heap_app.assert_running()

@@ -36,9 +36,12 @@ def select(snapshot: ProcessSnapshot, mode: DumpMode, read: native.ReadMemory,
     are native_part()'s, where it ran already (while the bridge walked); prepared is what
     prepare() made of the mappings and the CLR's ranges before the pause (clr_ranges unused)."""
     parts = MODE_PARTS[mode]
-    if prepared is not None and snapshot.mappings == prepared.mappings:
-        wanted = prepared.planned + dynamic_native_part(snapshot, mode, read)
-        ranges = clip_to(merge_by_priority(wanted), prepared.allowed)
+    if prepared is not None and prepared.fits(snapshot):
+        # The pause's part is all of kinds that outrank the DAC's: merged alone, then laid over
+        # the prepared plan (merge_by_priority of the whole, in two passes over it, not five).
+        dynamic = clip_to(merge(dynamic_native_part(snapshot, mode, read, prepared.index)),
+                          prepared.allowed)
+        ranges = merge(dynamic + subtract(prepared.planned, dynamic))
         base = prepared.runtime_base
     else:
         wanted = list(native_part(snapshot, mode, read) if native_ranges is None else native_ranges)
@@ -58,17 +61,26 @@ class Prepared:
 
     mappings: list[Mapping]
     clr_part: list[MemoryRange]          # clr_part_of() the CLR's ranges
-    planned: list[MemoryRange]           # that, and the part of native_part() the mappings tell
+    planned: list[MemoryRange]           # that, and the part of native_part() the mappings
+                                         # tell, merged by priority and clipped to allowed
     allowed: list[MemoryRange]           # the dumpable mappings, merged
     runtime_base: int | None
+    index: MappingIndex
+    anonymous: list[MemoryRange]         # the private anonymous mappings, merged
+
+    def fits(self, snapshot: ProcessSnapshot) -> bool:
+        """Whether the pause found the mappings this was made from (the same objects, cached by
+        line, where nothing changed: a quick compare)."""
+        return snapshot.mappings == self.mappings
 
 
 def prepare(mode: DumpMode, mappings: list[Mapping], auxv: bytes, read: native.ReadMemory,
             clr_ranges: Sequence[tuple[int, int, str]]) -> Prepared:
     clr_part = clr_part_of(mode, clr_ranges, mappings)
-    planned = merge_by_priority(static_native_part(mappings, auxv, mode, read) + clr_part)
-    return Prepared(mappings, clr_part, planned, dumpable_extents(mappings),
-                    native.runtime_base(mappings, auxv, read))
+    allowed = dumpable_extents(mappings)
+    planned = clip_to(merge_by_priority(static_native_part(mappings, auxv, mode, read) + clr_part), allowed)
+    return Prepared(mappings, clr_part, planned, allowed, native.runtime_base(mappings, auxv, read),
+                    MappingIndex(mappings), anonymous_extents(mappings))
 
 
 def clr_part_of(mode: DumpMode, clr_ranges: Sequence[tuple[int, int, str]],
@@ -106,11 +118,12 @@ def static_native_part(mappings: list[Mapping], auxv: bytes, mode: DumpMode,
     return wanted
 
 
-def dynamic_native_part(snapshot: ProcessSnapshot, mode: DumpMode,
-                        read: native.ReadMemory) -> list[MemoryRange]:
-    """The part of native_part() that the threads and the loader's data tell."""
+def dynamic_native_part(snapshot: ProcessSnapshot, mode: DumpMode, read: native.ReadMemory,
+                        index: MappingIndex | None = None) -> list[MemoryRange]:
+    """The part of native_part() that the threads and the loader's data tell. None of it is of
+    the DAC's kinds (_SECONDARY_KINDS)."""
     parts = MODE_PARTS[mode]
-    index = MappingIndex(snapshot.mappings)
+    index = index or MappingIndex(snapshot.mappings)
     wanted: list[MemoryRange] = []
     if Part.STACKS in parts:
         wanted += native.thread_stacks(snapshot, index)
@@ -227,6 +240,10 @@ def extents(mappings: list[Mapping]) -> list[MemoryRange]:
 
 def dumpable_extents(mappings: list[Mapping]) -> list[MemoryRange]:
     return extents([m for m in mappings if dumpable(m)])
+
+
+def anonymous_extents(mappings: list[Mapping]) -> list[MemoryRange]:
+    return extents([m for m in mappings if m.private_anonymous])
 
 
 def clip_to(ranges: list[MemoryRange], allowed: list[MemoryRange]) -> list[MemoryRange]:

@@ -39,6 +39,8 @@ def untouched(pid: int, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     runs = []
     try:
         for start, end in ranges:
+            if end - start < MIN_RUN_PAGES * PAGE_SIZE:
+                continue
             for chunk in range(start, end, CHUNK_PAGES * PAGE_SIZE):
                 pages = (min(end, chunk + CHUNK_PAGES * PAGE_SIZE) - chunk) // PAGE_SIZE
                 entries = os.pread(fd, pages * ENTRY, chunk // PAGE_SIZE * ENTRY)
@@ -63,12 +65,20 @@ def _written(entries: bytes, zero_frame: int) -> bytes:
     # Other than the zero page where any of the frame's bytes differs; swapped entries hold a
     # swap location there, not a frame.
     other = int.from_bytes(flags.translate(_SWAPPED), "little")
-    for index, wanted in enumerate(zero_frame.to_bytes(FRAME_BYTES, "little")):
-        table = bytes(0 if byte & ~(SOFT_DIRTY if index == FRAME_BYTES - 1 else 0) & 0xFF == wanted
-                      else 1 for byte in range(256))
+    for index, table in enumerate(_frame_byte_tables(zero_frame)):
         other |= int.from_bytes(entries[index::ENTRY].translate(table), "little")
     written = int.from_bytes(held, "little") & other
     return written.to_bytes(len(held), "little")
+
+
+@cache
+def _frame_byte_tables(frame: int) -> tuple[bytes, ...]:
+    """For each byte of a frame number, a table: 0 where an entry's byte matches the frame's."""
+    tables = []
+    for index, wanted in enumerate(frame.to_bytes(FRAME_BYTES, "little")):
+        ignored = SOFT_DIRTY if index == FRAME_BYTES - 1 else 0
+        tables.append(bytes(0 if byte & ~ignored & 0xFF == wanted else 1 for byte in range(256)))
+    return tuple(tables)
 
 
 @cache
