@@ -61,6 +61,7 @@ def write_core(pid: int, output: OutputFile, mode: DumpMode, progress: DumpProgr
                pause_timeout: float) -> Written:
     """Pauses the target (more than once where the copy proves short) and writes the core into
     output, uncommitted. known: the walk before the pause (None: there was none)."""
+    _import_engine()
     paused_seconds = 0.0
     if reserve(output, expected) is not None and clr and known and known.clr_ranges \
             and os.environ.get(WALK_IN_PAUSE_VARIABLE) != "1":
@@ -81,6 +82,12 @@ def write_core(pid: int, output: OutputFile, mode: DumpMode, progress: DumpProgr
     return written
 
 
+def _import_engine() -> None:
+    """The engine's modules, imported here (on Linux only) so that no pause waits for an import:
+    8 ms in the pause of a full dump."""
+    from minidumper.engines.linux import core_writer, memory, pagemap, session  # noqa: F401
+
+
 def reserve(output: OutputFile, expected: int | None):
     """Allocates the file's pages before the pause, so that the pause is only the copy;
     populated only where they will stay in memory until then (output.reserve). The mapping, or
@@ -99,7 +106,7 @@ def _copy_then_walk(pid: int, output: OutputFile, mode: DumpMode, progress: Dump
     from clrmd_bridge import MemoryCopy
 
     # What can be known before the pause is not worked out in it.
-    prepared = _prepare(pid, mode, known)
+    prepared = _prepare(pid, mode, known.clr_ranges)
     with PausedProcess(pid, pause_timeout) as paused:
         clock = PauseClock()
         snapshot = paused.snapshot()
@@ -128,14 +135,14 @@ def _copy_then_walk(pid: int, output: OutputFile, mode: DumpMode, progress: Dump
     return written, Knowledge(known.clr_ranges + clr_ranges, {t.tid for t in snapshot.threads})
 
 
-def _prepare(pid: int, mode: DumpMode, known: Knowledge) -> select.Prepared:
+def _prepare(pid: int, mode: DumpMode, clr_ranges: list[CLR_RANGE]) -> select.Prepared:
     from minidumper.engines.linux import procfs
     from minidumper.engines.linux.memory import ProcessMemory
 
     memory = ProcessMemory(pid)
     try:
         return select.prepare(mode, targets.mappings(pid), procfs.read_bytes(pid, "auxv"),
-                              memory.read, known.clr_ranges)
+                              memory.read, clr_ranges)
     except (FileNotFoundError, ProcessLookupError) as error:
         raise TargetExitedError(f"process {pid} exited") from error
     finally:
@@ -152,11 +159,17 @@ def walk_in_pause(pid: int, output: OutputFile, mode: DumpMode, progress: DumpPr
     """One pause, with the CLR walked while the target is held."""
     from minidumper.engines.linux.session import PausedProcess
 
+    # Without a CLR walk (full mode) the plan is all the mappings': made before the pause.
+    prepared = _prepare(pid, mode, []) if clr is None else None
     with PausedProcess(pid, pause_timeout) as paused:
         clock = PauseClock()
         snapshot = paused.snapshot()
         clock.mark("snapshot")
-        plan, (size, _) = _walk_held(paused, snapshot, clock, output, mode, progress, clr)
+        if prepared is not None and prepared.fits(snapshot):
+            plan = select.select(snapshot, mode, paused.memory.read, prepared=prepared)
+            size, _ = _copy(paused, snapshot, plan, clock, output, progress, prepared)
+        else:
+            plan, (size, _) = _walk_held(paused, snapshot, clock, output, mode, progress, clr)
     return Written(snapshot, plan, size, paused.paused_seconds)
 
 

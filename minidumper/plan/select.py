@@ -41,7 +41,7 @@ def select(snapshot: ProcessSnapshot, mode: DumpMode, read: native.ReadMemory,
         # the prepared plan (merge_by_priority of the whole, in two passes over it, not five).
         dynamic = clip_to(merge(dynamic_native_part(snapshot, mode, read, prepared.index)),
                           prepared.allowed)
-        ranges = merge(dynamic + subtract(prepared.planned, dynamic))
+        ranges = merge(dynamic + subtract(prepared.planned, dynamic)) if dynamic else prepared.planned
         base = prepared.runtime_base
     else:
         wanted = list(native_part(snapshot, mode, read) if native_ranges is None else native_ranges)
