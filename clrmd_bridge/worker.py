@@ -24,8 +24,8 @@ from .frames import read_frame, write_frame
 
 PR_SET_PDEATHSIG = 1
 # A test-only fault: "DEPTH:FAULT" makes the worker fail on purpose when asked to walk a held
-# target at that depth ("warm-up": the walk before the pause; "load": at start-up). FAULT is
-# segv, abort, exit or hang.
+# target, or a pause's copy, at that depth ("warm-up": the walk before the pause; "copy": only
+# the walk of a copy; "load": at start-up). FAULT is segv, abort, exit or hang.
 FAULT_VARIABLE = "MINIDUMPER_TEST_BRIDGE_FAULT"
 
 
@@ -81,6 +81,8 @@ def main(argv: list[str]) -> int:
         else:
             priority.lower()
         _inject_fault(depth if registers else "warm-up")
+        if copy is not None:
+            _inject_fault("copy")
         try:
             readout = runtime.read_clr(pid, registers, depth, dac_path=dac_path, copy=copy)
         except errors.ClrBridgeError as error:

@@ -22,6 +22,12 @@ WALK_TIMEOUT_SECONDS = 30.0      # a DAC that loops must not hold the target pau
 # The warm-up walks a target that changes under it: a loop there costs the dump only this long
 # (then the walk in the pause runs cold).
 WARM_UP_TIMEOUT_SECONDS = 10.0
+WARM_UP_TRIES = 2
+# The walk on a pause's copy is the warm-up's walk again, on memory that no longer changes; the
+# DAC can loop on what the copy lacked (read from the running target): it gets this many times
+# the warm-up's time, and at least the minimum, before the CLR is walked in the pause instead.
+COPY_WALK_TIMEOUT_FACTOR = 5.0
+COPY_WALK_MIN_TIMEOUT_SECONDS = 3.0
 
 CLR_RANGE = tuple[int, int, str]
 
@@ -39,6 +45,7 @@ class ClrWalk:
         self.warnings: list[str] = []
         self._depth = ""
         self._deadline = 0.0
+        self._warm_up_seconds = WALK_TIMEOUT_SECONDS
         self._process = clrmd_bridge.ClrWalkerProcess()
         try:
             self._process.start()
@@ -63,26 +70,57 @@ class ClrWalk:
         bridge = self._bridge
         # A measuring knob (bench/): "layout" reads only the CLR's heaps, as before the warm-up.
         depth = os.environ.get("MINIDUMPER_WARM_UP_DEPTH", depth)
-        try:
-            return self._read({}, depth, WARM_UP_TIMEOUT_SECONDS)
-        except bridge.NoClrRuntimeError as error:
-            self._raise_if_gone()
-            raise NotDotnetError(f"{error}; --full still dumps any process") from error
-        except bridge.BridgeLoadError as error:
-            raise RuntimeBridgeError(f"cannot start the CLR bridge: {error}") from error
-        except bridge.BridgeCrashedError as error:
-            self._raise_if_gone()
-            log.debug("no warm-up of the CLR walk (%s); starting the bridge again", error)
-            self._process.close()
-            self._process = bridge.ClrWalkerProcess()
+        # The DAC can crash on a target that changes under it: a second try, on a new worker,
+        # costs less than a walk in the pause on a cold one.
+        for tries_left in reversed(range(WARM_UP_TRIES)):
+            started = time.monotonic()
             try:
-                self._process.wait_ready()
-            except bridge.BridgeLoadError as load_error:
-                raise RuntimeBridgeError(f"cannot start the CLR bridge: {load_error}") from error
-        except bridge.ClrBridgeError as error:
-            self._raise_if_gone()
-            log.debug("no warm-up of the CLR walk: %s", error)
+                ranges = self._read({}, depth, WARM_UP_TIMEOUT_SECONDS)
+                self._warm_up_seconds = time.monotonic() - started
+                return ranges
+            except bridge.NoClrRuntimeError as error:
+                self._raise_if_gone()
+                raise NotDotnetError(f"{error}; --full still dumps any process") from error
+            except bridge.BridgeLoadError as error:
+                raise RuntimeBridgeError(f"cannot start the CLR bridge: {error}") from error
+            except bridge.BridgeCrashedError as error:
+                self._raise_if_gone()
+                log.debug("no warm-up of the CLR walk (%s); starting the bridge again%s", error,
+                          " and walking again" if tries_left else "")
+                self._replace_process(error)
+            except bridge.ClrBridgeError as error:
+                self._raise_if_gone()
+                log.debug("no warm-up of the CLR walk: %s", error)
+                break
         return []
+
+    def walk_copy(self, thread_registers: dict[int, bytes], depth: str, copy) -> list[CLR_RANGE] | None:
+        """walk() of a copy of the target's memory taken in a pause that has ended; None where
+        the bridge failed on it (the DAC crashed or hung on the copy, whose missing pages it read
+        from the running target): the worker is then replaced and warmed up again, for a walk
+        in the next pause."""
+        bridge = self._bridge
+        timeout = min(WALK_TIMEOUT_SECONDS, max(COPY_WALK_MIN_TIMEOUT_SECONDS,
+                                                COPY_WALK_TIMEOUT_FACTOR * self._warm_up_seconds))
+        try:
+            self.start_walk(thread_registers, depth, copy, timeout)
+            return self.finish_walk()
+        except ClrReadFailedError as error:
+            cause = error.__cause__
+            log.debug("the walk on the copy failed (%s): the CLR is walked in the pause", cause)
+            if isinstance(cause, bridge.BridgeCrashedError):
+                self._replace_process(cause)
+            self.warm_up(depth)
+            return None
+
+    def _replace_process(self, cause: Exception) -> None:
+        bridge = self._bridge
+        self._process.close()
+        self._process = bridge.ClrWalkerProcess()
+        try:
+            self._process.wait_ready()
+        except bridge.BridgeLoadError as load_error:
+            raise RuntimeBridgeError(f"cannot start the CLR bridge: {load_error}") from cause
 
     def walk(self, thread_registers: dict[int, bytes], depth: str, copy=None) -> list[CLR_RANGE]:
         """The CLR's ranges for a mode's depth, read while the target is held, or from copy (a
@@ -90,10 +128,11 @@ class ClrWalk:
         self.start_walk(thread_registers, depth, copy)
         return self.finish_walk()
 
-    def start_walk(self, thread_registers: dict[int, bytes], depth: str, copy=None) -> None:
+    def start_walk(self, thread_registers: dict[int, bytes], depth: str, copy=None,
+                   timeout: float | None = None) -> None:
         """walk() in two halves: the bridge's process walks while this one does other work."""
         self._depth = depth
-        self._deadline = time.monotonic() + WALK_TIMEOUT_SECONDS
+        self._deadline = time.monotonic() + (WALK_TIMEOUT_SECONDS if timeout is None else timeout)
         with self._failures_explained():
             self._process.ask(self.pid, thread_registers, depth, dac_path=self.dac_path, copy=copy)
 

@@ -4,9 +4,10 @@ Short pause: the memory that the CLR walk before the pause found is copied into 
 target resumed, and the CLR walked on that copy, never on the running target. The copy is the dump
 when the walk found everything it needed in it. Where it did not (the target changed since the
 walk before: new GC regions, new types, new threads), the copy is made again with what the walk
-found, once; after that, or where threads started since the CLR was last walked (their CLR
-objects are unknown to the copy), the CLR is walked while the target is held, as long as that
-takes: the plan is then exact.
+found, once. After that, where threads started since the CLR was last walked (their CLR objects
+are unknown to the copy), or where the bridge failed on the copy (crashed, or looped past a
+bound), the CLR is walked while the target is held, as long as that takes: the plan is then
+exact.
 """
 
 from __future__ import annotations
@@ -49,6 +50,15 @@ class Written:
 
 
 @dataclass
+class _Attempt:
+    """A short pause and the walk on its copy."""
+
+    written: Written
+    retry_with: Knowledge | None = None   # the copy lacked memory: try again, knowing this
+    walk_failed: bool = False             # the bridge failed on the copy: walk in the pause
+
+
+@dataclass
 class Knowledge:
     """What the last walk of the CLR found, and which threads the target had when it began."""
 
@@ -69,14 +79,17 @@ def write_core(pid: int, output: OutputFile, mode: DumpMode, progress: DumpProgr
         if copy_path is None:
             log.debug("the bridge cannot open the output: the CLR is walked in the pause")
         for _ in range(COPY_ATTEMPTS if copy_path else 0):
-            written, known = _copy_then_walk(pid, output, mode, progress, clr, known, copy_path,
-                                             pause_timeout)
-            written.paused_seconds += paused_seconds
-            if known is None:
-                return written
-            paused_seconds = written.paused_seconds
+            attempt = _copy_then_walk(pid, output, mode, progress, clr, known, copy_path,
+                                      pause_timeout)
+            attempt.written.paused_seconds += paused_seconds
+            if attempt.retry_with is None and not attempt.walk_failed:
+                return attempt.written
+            paused_seconds = attempt.written.paused_seconds
             output.reset()
             reserve(output, expected)
+            if attempt.walk_failed:
+                break
+            known = attempt.retry_with
     written = walk_in_pause(pid, output, mode, progress, clr, pause_timeout)
     written.paused_seconds += paused_seconds
     return written
@@ -98,10 +111,9 @@ def reserve(output: OutputFile, expected: int | None):
 
 
 def _copy_then_walk(pid: int, output: OutputFile, mode: DumpMode, progress: DumpProgress | None,
-                    clr: ClrWalk, known: Knowledge, copy_path: str,
-                    pause_timeout: float) -> tuple[Written, Knowledge | None]:
-    """One short pause, then the walk on its copy. Returns what was written, and None; or, where
-    the copy lacked what the walk needed, what this walk found, for the next try."""
+                    clr: ClrWalk, known: Knowledge, copy_path: str, pause_timeout: float) -> _Attempt:
+    """One short pause, then the walk on its copy; or, where threads started since the CLR was
+    last walked, the CLR walked in this pause."""
     from minidumper.engines.linux.session import PausedProcess
     from clrmd_bridge import MemoryCopy
 
@@ -111,9 +123,11 @@ def _copy_then_walk(pid: int, output: OutputFile, mode: DumpMode, progress: Dump
         clock = PauseClock()
         snapshot = paused.snapshot()
         clock.mark("snapshot")
+        # New threads' CLR objects are in memory that no walk has seen. The walk on the copy
+        # would read them from the running target, where a short-lived thread's are gone by
+        # then: the DAC then loops or crashes (measured: half the dumps of a busy target).
         started = {t.tid for t in snapshot.threads} - known.thread_ids
         if started:
-            # Their CLR objects are in memory that no walk has seen: the copy would lack them.
             log.debug("%d threads started since the CLR was last walked: walked in the pause",
                       len(started))
             plan, (size, pieces) = _walk_held(paused, snapshot, clock, output, mode, progress, clr)
@@ -122,17 +136,19 @@ def _copy_then_walk(pid: int, output: OutputFile, mode: DumpMode, progress: Dump
             size, pieces = _copy(paused, snapshot, plan, clock, output, progress, prepared)
     written = Written(snapshot, plan, size, paused.paused_seconds)
     if started:
-        return written, None
+        return _Attempt(written)
     walk_started = time.monotonic()
     registers = {t.target_tid: t.prstatus_regs for t in snapshot.threads}
-    clr_ranges = clr.walk(registers, modes.clr_depth(mode), MemoryCopy(copy_path, pieces))
+    clr_ranges = clr.walk_copy(registers, modes.clr_depth(mode), MemoryCopy(copy_path, pieces))
+    if clr_ranges is None:
+        return _Attempt(written, walk_failed=True)
     lacking = select.lacking(plan, snapshot, mode, clr_ranges)
     log.debug("the CLR walked on the copy in %.3f s; it lacked %d pages",
               time.monotonic() - walk_started, sum(r.size for r in lacking) // PAGE_SIZE)
     if not lacking:
-        return written, None
+        return _Attempt(written)
     log.debug("the copy lacked %s: paused again", _describe(lacking))
-    return written, Knowledge(known.clr_ranges + clr_ranges, {t.tid for t in snapshot.threads})
+    return _Attempt(written, Knowledge(known.clr_ranges + clr_ranges, {t.tid for t in snapshot.threads}))
 
 
 def _prepare(pid: int, mode: DumpMode, clr_ranges: list[CLR_RANGE]) -> select.Prepared:
@@ -199,8 +215,9 @@ def _copy(paused, snapshot: ProcessSnapshot, plan: DumpPlan, clock: PauseClock,
     from minidumper.engines.linux.core_writer import CoreWriter
     from minidumper.engines.linux.memory import address_of
 
-    log.debug("plan: %d ranges, %d bytes: %s", len(plan.ranges), plan.total_bytes,
-              plan.bytes_by_kind())
+    if log.isEnabledFor(logging.DEBUG):   # the sums take a millisecond of the pause
+        log.debug("plan: %d ranges, %d bytes: %s", len(plan.ranges), plan.total_bytes,
+                  plan.bytes_by_kind())
     writer = CoreWriter(output, snapshot, plan)
     clock.mark("plan")
     if progress:

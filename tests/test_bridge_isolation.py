@@ -150,3 +150,21 @@ def test_the_bridge_leaves_no_runtime_files_in_tmp(heap_app, tmp_path, mode):
                             f"--{mode}", "--json")
     assert result.returncode == 0, result.stderr
     assert runtime_ipc_files() - before == set()
+
+
+@pytest.mark.parametrize("fault", ["copy:segv", "copy:hang"])
+def test_a_bridge_that_fails_on_the_copy_walks_in_the_pause(heap_app, tmp_path, fault):
+    core = tmp_path / "app.core"
+    started = time.monotonic()
+    result = run_minidumper("--pid", str(heap_app.pid), "-f", str(core), "--heap", "--json", "-v",
+                            env={**os.environ, "MINIDUMPER_TEST_BRIDGE_FAULT": fault})
+    assert result.returncode == 0, result.stderr
+    assert "the walk on the copy failed" in result.stderr and "CLR walk" in result.stderr, result.stderr
+    # A hang is bounded by a few times the warm-up's walk, not the walk in the pause's 30 s.
+    assert time.monotonic() - started < 30
+    heap_app.assert_running()
+    seen = clrmd_read("--dump", str(core))
+    live = clrmd_read("--pid", str(heap_app.pid))
+    assert seen["invalid_object_count"] == 0 and seen["errors"] == []
+    assert seen["object_count"] == live["object_count"] > 10_000
+    assert seen["threads"] == live["threads"]

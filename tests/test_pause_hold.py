@@ -117,6 +117,7 @@ def test_ctrl_z_of_the_dumper_waits_until_the_target_runs(tmp_path):
         held_ms = longest_gap_ms(app)
         dumper.send_signal(signal.SIGCONT)
         outcome = finish(dumper)
+        assert outcome.report.get("paused_seconds") is not None, outcome
         paused_ms = outcome.report["paused_seconds"] * 1000
         print(f"held {held_ms} ms (the dump's pause {paused_ms:.0f} ms) while the dumper was "
               "stopped 3 s")

@@ -202,6 +202,9 @@ def subtract(ranges: list[MemoryRange], covered: list[MemoryRange]) -> list[Memo
         start = r.start
         while index < len(covered) and covered[index].end <= start:
             index += 1
+        if index == len(covered) or covered[index].start >= r.end:
+            left.append(r)   # untouched: kept as it is (thousands of them in the pause)
+            continue
         probe = index
         while probe < len(covered) and covered[probe].start < r.end:
             if covered[probe].start > start:
