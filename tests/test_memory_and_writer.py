@@ -209,3 +209,22 @@ def test_memory_never_touched_is_zeros_in_the_core_without_being_read(tmp_path, 
     finally:
         child.kill()
         child.wait()
+
+
+def test_floating_point_registers_taken_from_xstate_are_the_kernels(heap_app):
+    """The pause reads NT_X86_XSTATE and derives NT_PRFPREG from it: the same bytes the kernel
+    gives for NT_PRFPREG, thread by thread, on a .NET process whose threads use SSE."""
+    from minidumper.engines.linux.ptrace import NT_PRFPREG, USER_FPREGS_SIZE
+    from minidumper.engines.linux.session import PausedProcess
+
+    with PausedProcess(heap_app.pid) as paused:
+        threads = paused.snapshot().threads
+        tids = [t.tid for t in threads]
+        kernels = paused._tracer.get_regsets(tids, [(NT_PRFPREG, USER_FPREGS_SIZE)])
+    assert len(threads) > 3
+    assert all(t.xstate for t in threads), "this machine's kernel gives NT_X86_XSTATE"
+    for thread in threads:
+        assert thread.fpregs == kernels[thread.tid][0], thread.tid
+    # MXCSR (at byte 24) is never zero once a thread has run: the registers are real.
+    assert all(int.from_bytes(t.fpregs[24:28], "little") for t in threads)
+    heap_app.assert_running()

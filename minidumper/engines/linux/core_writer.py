@@ -10,6 +10,7 @@ of the mapping outlives an interruption), and write(), which writes pieces as th
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -108,15 +109,12 @@ def _thread_notes(snapshot: ProcessSnapshot) -> bytes:
 
 
 def count_expected_segments(plan: DumpPlan, mappings: list[Mapping]) -> int:
-    """Segments the plan makes if every page reads: one per run of equal flags."""
-    flags_by_address = _FlagsByAddress(mappings)
+    """Segments the plan makes if every page reads: one per piece of a range in a mapping (the
+    plan's ranges lie in mappings), so one more for each mapping that ends inside a range."""
+    ends = sorted(m.end for m in mappings)
     count = 0
     for memory_range in plan.ranges:
-        address = memory_range.start
-        while address < memory_range.end:
-            _, mapping_end = flags_by_address.at(address)
-            address = min(mapping_end, memory_range.end)
-            count += 1
+        count += 1 + bisect.bisect_left(ends, memory_range.end) - bisect.bisect_right(ends, memory_range.start)
     return count + len(plan.synthetic)
 
 
@@ -137,6 +135,7 @@ class CoreWriter:
         self._data_start = _align_up(header_area)
         self._offset = self._data_start
         self._segments: list[LoadSegment] = []
+        self._placed: list[tuple[int, int, int, int | None]] = []   # fill()'s, for finish()
 
     @property
     def planned_size(self) -> int:
@@ -172,24 +171,27 @@ class CoreWriter:
                 reads.append((at, memory_range.end, base + at))
             self._offset += memory_range.size
         pieces = [(start, end, destination + offset) for start, end, offset in reads]
+        # What went where, in address order; made into segments by finish(), once the target
+        # runs again (thousands of lookups with a thousand threads).
+        placed = self._placed
         next_skipped = 0
         for index, address, length in memory.fill_many(pieces):
             while next_skipped < len(skipped) and skipped[next_skipped][0] < address:
                 next_skipped = self._place_skipped(skipped, next_skipped, progress)
-            self._place(address, length, reads[index][2] + address - reads[index][0])
+            placed.append((address, length, reads[index][2] + address - reads[index][0], None))
             if progress:
                 progress(length)
         while next_skipped < len(skipped):
             next_skipped = self._place_skipped(skipped, next_skipped, progress)
         for synthetic in self._plan.synthetic:
             ctypes.memmove(destination + self._offset, synthetic.contents, len(synthetic.contents))
-            self._place(synthetic.address, len(synthetic.contents), self._offset, elf.PF_R)
+            placed.append((synthetic.address, len(synthetic.contents), self._offset, elf.PF_R))
             self._offset += len(synthetic.contents)
 
     def _place_skipped(self, skipped: list[tuple[int, int, int]], index: int,
                        progress: Callable[[int], None] | None) -> int:
         start, end, offset = skipped[index]
-        self._place(start, end - start, offset)
+        self._placed.append((start, end - start, offset, None))
         if progress:
             progress(end - start)
         return index + 1
@@ -200,7 +202,10 @@ class CoreWriter:
         return sorted((s.vaddr, s.offset, s.size) for s in self._segments)
 
     def finish(self) -> int:
-        """After fill(): the headers. Returns the file's size."""
+        """After fill(): the segments and the headers. Returns the file's size."""
+        for address, length, offset, flags in self._placed:
+            self._place(address, length, offset, flags)
+        self._placed.clear()
         self._write_headers()
         return self._offset
 

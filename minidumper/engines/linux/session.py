@@ -19,6 +19,14 @@ from minidumper.model import DEFAULT_PAUSE_TIMEOUT, MemoryRange, ProcessSnapshot
 log = logging.getLogger(__name__)
 
 PIECE = tuple[int, memoryview]
+FXSAVE_REGISTER_BYTES = 464
+
+
+def fpregs_of_xstate(xstate: bytes) -> bytes:
+    """NT_PRFPREG's user_fpregs_struct, from NT_X86_XSTATE: the XSAVE area starts with the same
+    FXSAVE layout, but for its last 48 bytes, which XSAVE gives to software (the kernel's
+    signature there) and the FXSAVE registers leave zero."""
+    return xstate[:FXSAVE_REGISTER_BYTES] + bytes(USER_FPREGS_SIZE - FXSAVE_REGISTER_BYTES)
 
 
 class PausedProcess:
@@ -97,9 +105,13 @@ class PausedProcess:
 
     def _thread_states(self, in_other_namespace: bool) -> list[ThreadState]:
         tids = sorted(self._tracer.held)
-        register_sets = self._tracer.get_regsets(tids, [
-            (NT_PRSTATUS, USER_REGS_SIZE), (NT_PRFPREG, USER_FPREGS_SIZE), (NT_X86_XSTATE, XSTATE_MAX_SIZE)])
-        return [self._thread_state(tid, *register_sets[tid], in_other_namespace) for tid in tids]
+        register_sets = self._tracer.get_regsets(tids, [(NT_PRSTATUS, USER_REGS_SIZE), (NT_X86_XSTATE, XSTATE_MAX_SIZE)])
+        if any(xstate is None or len(xstate) < USER_FPREGS_SIZE for _, xstate in register_sets.values()):
+            fpregs = self._tracer.get_regsets(tids, [(NT_PRFPREG, USER_FPREGS_SIZE)])
+        else:   # one call per thread less, in the pause
+            fpregs = {tid: [fpregs_of_xstate(xstate)] for tid, (_, xstate) in register_sets.items()}
+        return [self._thread_state(tid, regs, fpregs[tid][0], xstate, in_other_namespace)
+                for tid, (regs, xstate) in register_sets.items()]
 
     def _thread_state(self, tid: int, regs: bytes | None, fpregs: bytes | None, xstate: bytes | None,
                       in_other_namespace: bool) -> ThreadState:
