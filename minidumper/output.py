@@ -23,6 +23,7 @@ from minidumper.errors import OutputError, UsageError
 log = logging.getLogger(__name__)
 
 MADV_POPULATE_WRITE = 23
+ZEROS_CHUNK = 1 << 20
 NAME_MAX = 255
 PARTIAL_SUFFIX = ".minidumper-partial"
 O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)
@@ -168,15 +169,32 @@ class OutputFile:
             except FileNotFoundError:
                 pass
 
-    def reserve(self, size: int) -> mmap.mmap | None:
+    def reserve(self, size: int, only: list[tuple[int, int]] | None = None) -> mmap.mmap | None:
         """Before the pause: the file's blocks reserved and mapped (see map), and populated
         ahead only where that memory will stay: within half of what this process may still use
-        (its cgroup's limit and usage, not only the host's MemAvailable)."""
+        (its cgroup's limit and usage, not only the host's MemAvailable). only: the (offset,
+        length) regions to populate, where not the whole file."""
         room = self._check_memory(size)
-        populate = size <= room.bytes // 2
+        populated = size if only is None else sum(length for _, length in only)
+        populate = populated <= room.bytes // 2
         log.debug("output: reserving %d MiB, populated ahead: %s; memory headroom %s",
-                  size >> 20, "yes" if populate else "no", room.describe())
-        return self.map(size, populate=populate)
+                  size >> 20, f"{populated >> 20} MiB" if populate else "no", room.describe())
+        mapping = self.map(size, only)
+        if mapping is not None and populate:
+            if only is None:
+                _populate(mapping)
+            else:
+                self._write_zeros(only)
+        return mapping
+
+    def _write_zeros(self, regions: list[tuple[int, int]]) -> None:
+        """Puts the regions' pages in memory, as written zeros: for scattered regions, a hundred
+        times faster than MADV_POPULATE_WRITE (which took 24 s for 2,000 of them on ext4)."""
+        zeros = bytes(ZEROS_CHUNK)
+        for offset, length in regions:
+            end = offset + length
+            while offset < end:
+                offset += os.pwrite(self.fd, memoryview(zeros)[:min(ZEROS_CHUNK, end - offset)], offset)
 
     def _check_memory(self, size: int) -> memory_budget.Headroom:
         """On a file system in memory the output is memory that cannot be reclaimed: refuse
@@ -190,11 +208,12 @@ class OutputFile:
                 "use; write it to a disk, or stream it with -o -")
         return room
 
-    def map(self, size: int, *, populate: bool = False) -> mmap.mmap | None:
+    def map(self, size: int, only: list[tuple[int, int]] | None = None) -> mmap.mmap | None:
         """The file, grown to at least size with its blocks reserved, mapped for writing in
         place; None where the filesystem cannot reserve blocks (writing through a mapping there
-        could fault). A mapping that is large enough already is reused. populate allocates every
-        page now, so that writing them later is a plain copy.
+        could fault). A mapping that is large enough already is reused. only: the (offset,
+        length) regions to reserve; the rest stays a hole, read as zeros, and whatever else is
+        written through the mapping must be allocate()d first.
         """
         if self._mapping is not None and len(self._mapping) >= size:
             return self._mapping
@@ -202,7 +221,15 @@ class OutputFile:
         if memory_budget.memory_filesystem(self.fd):
             self._check_memory(size)
         try:
-            os.posix_fallocate(self.fd, 0, size)
+            if only is None:
+                os.posix_fallocate(self.fd, 0, size)
+            else:
+                # Reserving all of it would make every later write into it split one extent
+                # (ext4: milliseconds each, thousands of them for a thousand threads' stacks).
+                os.ftruncate(self.fd, size)
+                self.allocate(only)
+        except OutputError:
+            raise
         except OSError as error:
             if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise OutputError(f"cannot write {self.path}: {describe_os_error(error)}") from error
@@ -213,12 +240,18 @@ class OutputFile:
         except OSError:
             os.ftruncate(self.fd, 0)
             return None
-        if populate:
-            try:
-                self._mapping.madvise(MADV_POPULATE_WRITE)
-            except OSError:
-                pass   # kernels before 5.14: the pages are allocated as they are written
         return self._mapping
+
+    def allocate(self, regions: list[tuple[int, int]]) -> None:
+        """Reserves the blocks of the (offset, length) regions: a write through the mapping into
+        a hole on a full disk would be a SIGBUS, this is a clean error."""
+        for offset, length in regions:
+            try:
+                os.posix_fallocate(self.fd, offset, length)
+            except OSError as error:
+                if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                    raise OutputError(f"cannot write {self.path}: {describe_os_error(error)}") from error
+                raise
 
     def reset(self) -> None:
         """Drops everything written so far, for a dump started over: empty and unmapped."""
@@ -314,3 +347,11 @@ def open_output(path: object, pid: int, process_name: str) -> OutputFile:
         return OutputFile(output_path(text, pid, process_name))
     from minidumper.output_stream import StreamedOutput
     return StreamedOutput(path)
+
+
+def _populate(mapping: mmap.mmap) -> None:
+    """Allocates the file's pages now, so that writing them later is a plain copy."""
+    try:
+        mapping.madvise(MADV_POPULATE_WRITE)
+    except OSError:
+        pass   # kernels before 5.14: the pages are allocated as they are written

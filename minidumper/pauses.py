@@ -72,8 +72,10 @@ def write_core(pid: int, output: OutputFile, mode: DumpMode, progress: DumpProgr
     """Pauses the target (more than once where the copy proves short) and writes the core into
     output, uncommitted. known: the walk before the pause (None: there was none)."""
     _import_engine()
+    if clr is None:
+        return _write_planned_ahead(pid, output, mode, progress, expected, pause_timeout)
     paused_seconds = 0.0
-    if reserve(output, expected) is not None and clr and known and known.clr_ranges \
+    if reserve(output, expected) is not None and known and known.clr_ranges \
             and os.environ.get(WALK_IN_PAUSE_VARIABLE) != "1":
         copy_path = output.path_for_children()
         if copy_path is None:
@@ -101,13 +103,97 @@ def _import_engine() -> None:
     from minidumper.engines.linux import core_writer, memory, pagemap, session  # noqa: F401
 
 
-def reserve(output: OutputFile, expected: int | None):
+def reserve(output: OutputFile, expected: int | None, only: list[tuple[int, int]] | None = None):
     """Allocates the file's pages before the pause, so that the pause is only the copy;
-    populated only where they will stay in memory until then (output.reserve). The mapping, or
-    None where there is no estimate or the output cannot be mapped."""
+    populated only where they will stay in memory until then, and only the (offset, length)
+    regions in only, where given (output.reserve). The mapping, or None where there is no
+    estimate or the output cannot be mapped."""
     if not expected:
         return None
-    return output.reserve(expected + expected // 100 + OUTPUT_HEADER_ALLOWANCE)
+    return output.reserve(expected + expected // 100 + OUTPUT_HEADER_ALLOWANCE, only)
+
+
+def _write_planned_ahead(pid: int, output: OutputFile, mode: DumpMode,
+                         progress: DumpProgress | None, expected: int | None,
+                         pause_timeout: float) -> Written:
+    """A mode without the CLR (full): its plan is the mappings', and with it the file's layout,
+    known before the pause. Only the file's pages of memory that was ever written are populated
+    ahead: a thousand threads' stacks are gigabytes never touched, which would otherwise be
+    allocated, and written back to the disk, as zeros."""
+    from minidumper.engines.linux import core_writer, pagemap
+    from minidumper.engines.linux.session import PausedProcess
+
+    prepared = _prepare(pid, mode, [])
+    plan = select.select_ahead(mode, prepared)
+    holes = only = None
+    if plan is not None:
+        holes = pagemap.untouched(pid, [(r.start, r.end) for r in select.clip_to(plan.ranges, prepared.anonymous)])
+        only = _file_regions(plan, core_writer.data_start(plan, prepared.mappings), holes, inside=False)
+    reserve(output, expected, only)
+    with PausedProcess(pid, pause_timeout) as paused:
+        clock = PauseClock()
+        snapshot = paused.snapshot()
+        clock.mark("snapshot")
+        if plan is not None and prepared.fits(snapshot):
+            size, _ = _copy(paused, snapshot, plan, clock, output, progress, prepared, holes)
+        else:
+            plan, (size, _) = _walk_held(paused, snapshot, clock, output, mode, progress, None)
+    return Written(snapshot, plan, size, paused.paused_seconds)
+
+
+def _file_regions(plan: DumpPlan, data_start: int, runs: list[tuple[int, int]],
+                  inside: bool) -> list[tuple[int, int]]:
+    """(offset, length) of the file where the plan's memory lands (as CoreWriter.fill lays it
+    out): of the memory in the sorted address runs, or (inside False) of all the rest, and the
+    synthetic pages; joined where they touch."""
+    regions: list[list[int]] = []
+    offset = data_start
+    index = 0
+    for memory_range in plan.ranges:
+        at = memory_range.start
+        while index < len(runs) and runs[index][1] <= at:
+            index += 1
+        pieces = []
+        probe = index
+        while probe < len(runs) and runs[probe][0] < memory_range.end:
+            run_start, run_end = max(runs[probe][0], at), min(runs[probe][1], memory_range.end)
+            pieces.append((run_start, run_end) if inside else (at, run_start))
+            at = run_end
+            probe += 1
+        if not inside:
+            pieces.append((at, memory_range.end))
+        for start, end in pieces:
+            if start < end:
+                file_start = offset + start - memory_range.start
+                if regions and regions[-1][0] + regions[-1][1] == file_start:
+                    regions[-1][1] += end - start
+                else:
+                    regions.append([file_start, end - start])
+        offset += memory_range.size
+    synthetic = sum(len(s.contents) for s in plan.synthetic)
+    if synthetic and not inside:
+        regions.append([offset, synthetic])
+    return [(start, length) for start, length in regions]
+
+
+def _written_since(holes: list[tuple[int, int]], zeros: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of the sorted runs never written before the pause (holes) that the pause found
+    written (not in the sorted zeros)."""
+    written = []
+    index = 0
+    for start, end in holes:
+        at = start
+        while index < len(zeros) and zeros[index][1] <= at:
+            index += 1
+        probe = index
+        while probe < len(zeros) and zeros[probe][0] < end:
+            if zeros[probe][0] > at:
+                written.append((at, zeros[probe][0]))
+            at = max(at, zeros[probe][1])
+            probe += 1
+        if at < end:
+            written.append((at, end))
+    return written
 
 
 def _copy_then_walk(pid: int, output: OutputFile, mode: DumpMode, progress: DumpProgress | None,
@@ -175,17 +261,11 @@ def walk_in_pause(pid: int, output: OutputFile, mode: DumpMode, progress: DumpPr
     """One pause, with the CLR walked while the target is held."""
     from minidumper.engines.linux.session import PausedProcess
 
-    # Without a CLR walk (full mode) the plan is all the mappings': made before the pause.
-    prepared = _prepare(pid, mode, []) if clr is None else None
     with PausedProcess(pid, pause_timeout) as paused:
         clock = PauseClock()
         snapshot = paused.snapshot()
         clock.mark("snapshot")
-        if prepared is not None and prepared.fits(snapshot):
-            plan = select.select(snapshot, mode, paused.memory.read, prepared=prepared)
-            size, _ = _copy(paused, snapshot, plan, clock, output, progress, prepared)
-        else:
-            plan, (size, _) = _walk_held(paused, snapshot, clock, output, mode, progress, clr)
+        plan, (size, _) = _walk_held(paused, snapshot, clock, output, mode, progress, clr)
     return Written(snapshot, plan, size, paused.paused_seconds)
 
 
@@ -209,9 +289,11 @@ def _walk_held(paused, snapshot: ProcessSnapshot, clock: PauseClock, output: Out
 
 def _copy(paused, snapshot: ProcessSnapshot, plan: DumpPlan, clock: PauseClock,
           output: OutputFile, progress: DumpProgress | None,
-          prepared: select.Prepared | None = None) -> tuple[int, list[tuple[int, int, int]]]:
+          prepared: select.Prepared | None = None,
+          holes: list[tuple[int, int]] | None = None) -> tuple[int, list[tuple[int, int, int]]]:
     """The planned memory into the output, the target resumed, the headers written. Returns the
-    file's size, and where the memory lies in it (CoreWriter.copied_pieces)."""
+    file's size, and where the memory lies in it (CoreWriter.copied_pieces). holes: the memory
+    whose place in the file was left a hole (never written when looked at before the pause)."""
     from minidumper.engines.linux.core_writer import CoreWriter
     from minidumper.engines.linux.memory import address_of
 
@@ -232,6 +314,9 @@ def _copy(paused, snapshot: ProcessSnapshot, plan: DumpPlan, clock: PauseClock,
     clock.mark("untouched pages")
     log.debug("%d MiB never touched: written as zeros, not read",
               sum(end - start for start, end in zeros) >> 20)
+    if holes:
+        # Written since it was looked at: its place in the file gets its blocks first.
+        output.allocate(_file_regions(plan, writer.data_start, _written_since(holes, zeros), inside=True))
     # The target's memory goes straight into the file's pages: one copy, then resume.
     with address_of(mapping) as destination:
         writer.fill(paused.memory, destination, advance, zeros)

@@ -78,8 +78,10 @@ def test_pyelftools_reads_the_notes_and_segments_as_written(full_core, heap_app)
         assert loads == sorted(loads, key=lambda s: s["p_vaddr"])
         for segment in loads:
             assert segment["p_vaddr"] % 4096 == 0 and segment["p_filesz"] == segment["p_memsz"] > 0
+        # The notes follow the memory (built after the pause), and end the file.
         end_of_data = max(s["p_offset"] + s["p_filesz"] for s in loads)
-        assert end_of_data == path.stat().st_size
+        assert segments[0]["p_offset"] == end_of_data
+        assert segments[0]["p_offset"] + segments[0]["p_filesz"] == path.stat().st_size
 
         # createdump's page that points readers at the runtime: signature, version, runtime base.
         diag = next(s for s in loads if s["p_vaddr"] == 0x7FFFFFF10000)

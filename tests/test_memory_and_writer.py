@@ -79,7 +79,7 @@ def _buffer_address(data: bytes) -> int:
 
 
 def test_unmappable_output_is_written_while_paused(heap_app, tmp_path, monkeypatch):
-    monkeypatch.setattr(OutputFile, "map", lambda self, size, populate=False: None)
+    monkeypatch.setattr(OutputFile, "map", lambda self, size, only=None: None)
     path = tmp_path / "streamed.core"
     result = minidumper.write_dump(heap_app.pid, str(path), DumpMode.FULL)
     heap_app.assert_running()
@@ -141,20 +141,28 @@ def test_core_leaves_unreadable_pages_out_of_its_segments(tmp_path):
 
 def test_full_dump_reads_straight_into_the_mapped_output(heap_app, tmp_path, monkeypatch):
     """The one-copy path is the one taken on an ordinary filesystem."""
-    mapped = []
-    original = OutputFile.map
+    reserved, mapped = [], []
+    original_reserve, original_map = OutputFile.reserve, OutputFile.map
 
-    def recording_map(self, size, populate=False):
-        mapping = original(self, size, populate=populate)
-        mapped.append((size, populate, mapping is not None))
+    def recording_reserve(self, size, only=None):
+        reserved.append((size, only))
+        return original_reserve(self, size, only)
+
+    def recording_map(self, size, only=None):
+        mapping = original_map(self, size, only)
+        mapped.append((size, mapping is not None))
         return mapping
 
+    monkeypatch.setattr(OutputFile, "reserve", recording_reserve)
     monkeypatch.setattr(OutputFile, "map", recording_map)
     path = tmp_path / "mapped.core"
     result = minidumper.write_dump(heap_app.pid, str(path), DumpMode.FULL)
-    assert mapped[0][1:] == (True, True)           # allocated before the pause
-    assert mapped[-1][2] and mapped[-1][0] <= mapped[0][0]
-    assert result.bytes_written == path.stat().st_size < mapped[0][0]
+    # Allocated before the pause, and populated only where memory was ever written: not the
+    # threads' untouched stacks.
+    size, populated = reserved[0]
+    assert populated and sum(length for _, length in populated) < size - (32 << 20)
+    assert mapped[-1][1] and mapped[-1][0] <= size
+    assert result.bytes_written == path.stat().st_size < size
     assert clrmd_read("--dump", str(path))["histogram"] == clrmd_read("--pid", str(heap_app.pid))["histogram"]
 
 
@@ -228,3 +236,51 @@ def test_floating_point_registers_taken_from_xstate_are_the_kernels(heap_app):
     # MXCSR (at byte 24) is never zero once a thread has run: the registers are real.
     assert all(int.from_bytes(t.fpregs[24:28], "little") for t in threads)
     heap_app.assert_running()
+
+
+def test_memory_written_after_the_look_before_the_pause_is_in_the_core(tmp_path, monkeypatch):
+    """Full mode leaves the file's place of memory never written a hole, from a look before the
+    pause. Memory written between that look and the pause gets its blocks in the pause and is
+    read: here the look is made to say the whole region was never written."""
+    from minidumper import pauses
+    from minidumper.engines.linux import pagemap
+
+    size = 64 << 20
+    child = subprocess.Popen([sys.executable, "-c", SPARSE_MAKER], stdout=subprocess.PIPE, text=True)
+    try:
+        address = int(child.stdout.readline())
+        looks = []
+        real_untouched = pagemap.untouched
+
+        def first_look_sees_nothing_written(pid, ranges):
+            looks.append(ranges)
+            found = real_untouched(pid, ranges)
+            if len(looks) == 1:   # before the pause: the region as if nothing were written yet
+                found = sorted([(s, e) for s, e in found if e <= address or s >= address + size]
+                               + [(address, address + size)])
+            return found
+
+        monkeypatch.setattr(pagemap, "untouched", first_look_sees_nothing_written)
+        allocated = []
+        real_written_since = pauses._written_since
+
+        def recording_written_since(holes, zeros):
+            found = real_written_since(holes, zeros)
+            allocated.extend(found)
+            return found
+
+        monkeypatch.setattr(pauses, "_written_since", recording_written_since)
+        core = tmp_path / "late.core"
+        minidumper.write_dump(child.pid, str(core), DumpMode.FULL)
+        assert len(looks) == 2
+        assert any(s <= address < e for s, e in allocated), allocated
+        with open(core, "rb") as f:
+            loads = [s for s in ELFFile(f).iter_segments() if s["p_type"] == "PT_LOAD"]
+            holding = [s for s in loads if s["p_vaddr"] <= address < s["p_vaddr"] + s["p_memsz"]]
+            data = holding[0].data()[address - holding[0]["p_vaddr"]:][:size]
+        assert data[:PAGE_SIZE] == b"A" * PAGE_SIZE
+        assert data[size // 2:size // 2 + PAGE_SIZE] == b"B" * PAGE_SIZE
+        assert data.count(0) == size - 2 * PAGE_SIZE
+    finally:
+        child.kill()
+        child.wait()

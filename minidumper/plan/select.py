@@ -35,7 +35,6 @@ def select(snapshot: ProcessSnapshot, mode: DumpMode, read: native.ReadMemory,
     """The plan for a mode. clr_ranges are the bridge's (start, end, ClrMD kind); native_ranges
     are native_part()'s, where it ran already (while the bridge walked); prepared is what
     prepare() made of the mappings and the CLR's ranges before the pause (clr_ranges unused)."""
-    parts = MODE_PARTS[mode]
     if prepared is not None and prepared.fits(snapshot):
         # The pause's part is all of kinds that outrank the DAC's: merged alone, then laid over
         # the prepared plan (merge_by_priority of the whole, in two passes over it, not five).
@@ -48,10 +47,27 @@ def select(snapshot: ProcessSnapshot, mode: DumpMode, read: native.ReadMemory,
         wanted += prepared.clr_part if prepared else clr_part_of(mode, clr_ranges, snapshot.mappings)
         ranges = clip_to(merge_by_priority(wanted), dumpable_extents(snapshot.mappings))
         base = native.runtime_base(snapshot.mappings, snapshot.auxv, read)
+    return _plan(mode, ranges, base)
+
+
+def select_ahead(mode: DumpMode, prepared: Prepared) -> DumpPlan | None:
+    """The whole plan, before the pause, for a mode that takes nothing the threads tell (full):
+    select()'s where the pause finds the same mappings. None for the other modes."""
+    if MODE_PARTS[mode] & _THREADS_PARTS:
+        return None
+    return _plan(mode, prepared.planned, prepared.runtime_base)
+
+
+def _plan(mode: DumpMode, ranges: list[MemoryRange], runtime_base: int | None) -> DumpPlan:
     synthetic = []
-    if Part.DIAG_INFO in parts and base is not None and not _overlaps(ranges, DIAG_INFO_ADDRESS):
-        synthetic.append(SyntheticRange(DIAG_INFO_ADDRESS, diag_info_page(base), RangeKind.DIAG_INFO))
+    if (Part.DIAG_INFO in MODE_PARTS[mode] and runtime_base is not None
+            and not _overlaps(ranges, DIAG_INFO_ADDRESS)):
+        synthetic.append(SyntheticRange(DIAG_INFO_ADDRESS, diag_info_page(runtime_base), RangeKind.DIAG_INFO))
     return DumpPlan(mode=mode, ranges=ranges, synthetic=synthetic)
+
+
+# The parts that dynamic_native_part() takes (THREAD_LIBRARY: the threads' descriptors).
+_THREADS_PARTS = Part.STACKS | Part.CODE_AROUND_IP | Part.LINK_MAP | Part.THREAD_LIBRARY
 
 
 @dataclass(frozen=True)

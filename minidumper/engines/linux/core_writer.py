@@ -68,17 +68,6 @@ def build_notes(snapshot: ProcessSnapshot) -> bytes:
     return _process_notes(snapshot) + _thread_notes(snapshot)
 
 
-def notes_size(snapshot: ProcessSnapshot) -> int:
-    """len(build_notes(snapshot)), without building the threads' notes (milliseconds for a
-    thousand threads: they are built once the target runs again)."""
-    size = len(_process_notes(snapshot))
-    for thread in snapshot.threads:
-        size += elf.note_size(b"CORE", elf.PRSTATUS_SIZE) + elf.note_size(b"CORE", len(thread.fpregs))
-        if thread.xstate:
-            size += elf.note_size(b"LINUX", len(thread.xstate))
-    return size
-
-
 def _process_notes(snapshot: ProcessSnapshot) -> bytes:
     ids = snapshot.target_ids
     return b"".join([
@@ -118,24 +107,36 @@ def count_expected_segments(plan: DumpPlan, mappings: list[Mapping]) -> int:
     return count + len(plan.synthetic)
 
 
+def max_loads(plan: DumpPlan, mappings: list[Mapping]) -> int:
+    """The program headers reserved for a plan's segments: room for the segments that unreadable
+    holes add; past it, holes are written as zeros."""
+    expected = count_expected_segments(plan, mappings)
+    return expected + 256 + expected // 4
+
+
+def data_start(plan: DumpPlan, mappings: list[Mapping]) -> int:
+    """Where the memory starts in the file: after the headers. The notes come after the memory,
+    so this depends on the plan alone, and the file's layout is known before the pause."""
+    return _align_up(elf.EHDR_SIZE + elf.PHDR_SIZE * (1 + max_loads(plan, mappings)) + elf.SHDR_SIZE)
+
+
 class CoreWriter:
     def __init__(self, sink: OutputSink, snapshot: ProcessSnapshot, plan: DumpPlan) -> None:
-        """The notes are built with the headers, at the end: after the pause, where the memory
-        is filled in through a mapping."""
+        """The headers, then the memory, then the notes: the notes are built after the pause,
+        where the memory is filled in through a mapping."""
         self._sink = sink
         self._snapshot = snapshot
         self._plan = plan
         self._flags = _FlagsByAddress(snapshot.mappings)
-        self._notes_size = notes_size(snapshot)
-        expected = count_expected_segments(plan, snapshot.mappings)
-        # Room for the segments that unreadable holes add; past it, holes are written as zeros.
-        self._max_loads = expected + 256 + expected // 4
-        header_area = (elf.EHDR_SIZE + elf.PHDR_SIZE * (1 + self._max_loads) + elf.SHDR_SIZE
-                       + self._notes_size)
-        self._data_start = _align_up(header_area)
+        self._max_loads = max_loads(plan, snapshot.mappings)
+        self._data_start = data_start(plan, snapshot.mappings)
         self._offset = self._data_start
         self._segments: list[LoadSegment] = []
         self._placed: list[tuple[int, int, int, int | None]] = []   # fill()'s, for finish()
+
+    @property
+    def data_start(self) -> int:
+        return self._data_start
 
     @property
     def planned_size(self) -> int:
@@ -272,16 +273,18 @@ class CoreWriter:
         self._segments.append(LoadSegment(address, offset, size, flags))
 
     def _write_headers(self) -> None:
+        """The notes after the memory, then the headers before it; self._offset ends at the
+        file's end."""
         notes = build_notes(self._snapshot)
-        if len(notes) != self._notes_size:
-            raise RuntimeError(f"the notes take {len(notes)} bytes, not the {self._notes_size} reserved")
+        notes_offset = self._offset
+        self._sink.write_at(notes, notes_offset)
+        self._offset += len(notes)
         loads = sorted(self._segments, key=lambda s: s.vaddr)
         phnum = 1 + len(loads)
         if phnum > 1 + self._max_loads:
             raise RuntimeError(f"core has {phnum} segments, more than the {self._max_loads} reserved")
         phoff = elf.EHDR_SIZE
         shoff = phoff + elf.PHDR_SIZE * (1 + self._max_loads)
-        notes_offset = shoff + elf.SHDR_SIZE
         overflow = phnum >= elf.PN_XNUM
         header = elf.elf_header(phoff=phoff, phnum=elf.PN_XNUM if overflow else phnum,
                                 shoff=shoff if overflow else 0, shnum=1 if overflow else 0)
@@ -295,5 +298,4 @@ class CoreWriter:
         area[phoff:phoff + len(table)] = table
         if overflow:
             area[shoff:shoff + elf.SHDR_SIZE] = elf.phnum_overflow_section(phnum)
-        area[notes_offset:notes_offset + len(notes)] = notes
         self._sink.write_at(bytes(area), 0)
