@@ -23,7 +23,6 @@ from minidumper.errors import OutputError, UsageError
 log = logging.getLogger(__name__)
 
 MADV_POPULATE_WRITE = 23
-ZEROS_CHUNK = 1 << 20
 NAME_MAX = 255
 PARTIAL_SUFFIX = ".minidumper-partial"
 O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)
@@ -181,20 +180,8 @@ class OutputFile:
                   size >> 20, f"{populated >> 20} MiB" if populate else "no", room.describe())
         mapping = self.map(size, only)
         if mapping is not None and populate:
-            if only is None:
-                _populate(mapping)
-            else:
-                self._write_zeros(only)
+            _populate(mapping, [(0, size)] if only is None else only)
         return mapping
-
-    def _write_zeros(self, regions: list[tuple[int, int]]) -> None:
-        """Puts the regions' pages in memory, as written zeros: for scattered regions, a hundred
-        times faster than MADV_POPULATE_WRITE (which took 24 s for 2,000 of them on ext4)."""
-        zeros = bytes(ZEROS_CHUNK)
-        for offset, length in regions:
-            end = offset + length
-            while offset < end:
-                offset += os.pwrite(self.fd, memoryview(zeros)[:min(ZEROS_CHUNK, end - offset)], offset)
 
     def _check_memory(self, size: int) -> memory_budget.Headroom:
         """On a file system in memory the output is memory that cannot be reclaimed: refuse
@@ -349,9 +336,19 @@ def open_output(path: object, pid: int, process_name: str) -> OutputFile:
     return StreamedOutput(path)
 
 
-def _populate(mapping: mmap.mmap) -> None:
-    """Allocates the file's pages now, so that writing them later is a plain copy."""
-    try:
-        mapping.madvise(MADV_POPULATE_WRITE)
-    except OSError:
-        pass   # kernels before 5.14: the pages are allocated as they are written
+def _populate(mapping: mmap.mmap, regions: list[tuple[int, int]]) -> None:
+    """Allocates the file's pages in the (offset, length) regions now, so that writing them
+    later is a plain copy."""
+    if len(regions) > 1:
+        # Each fault would read ahead (zero-fill) megabytes around it: 2,000 scattered regions
+        # of a sparse file took 24 s, not 0.1 s.
+        mapping.madvise(mmap.MADV_RANDOM)
+    for offset, length in regions:
+        start = offset // mmap.PAGESIZE * mmap.PAGESIZE
+        end = min(len(mapping), offset + length)
+        if start >= end:
+            continue
+        try:
+            mapping.madvise(MADV_POPULATE_WRITE, start, end - start)
+        except OSError:
+            return   # kernels before 5.14: the pages are allocated as they are written

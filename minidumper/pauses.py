@@ -128,7 +128,7 @@ def _write_planned_ahead(pid: int, output: OutputFile, mode: DumpMode,
     holes = only = None
     if plan is not None:
         holes = pagemap.untouched(pid, [(r.start, r.end) for r in select.clip_to(plan.ranges, prepared.anonymous)])
-        only = _file_regions(plan, core_writer.data_start(plan, prepared.mappings), holes, inside=False)
+        only = core_writer.file_regions(plan, core_writer.data_start(plan, prepared.mappings), holes, inside=False)
     reserve(output, expected, only)
     with PausedProcess(pid, pause_timeout) as paused:
         clock = PauseClock()
@@ -139,41 +139,6 @@ def _write_planned_ahead(pid: int, output: OutputFile, mode: DumpMode,
         else:
             plan, (size, _) = _walk_held(paused, snapshot, clock, output, mode, progress, None)
     return Written(snapshot, plan, size, paused.paused_seconds)
-
-
-def _file_regions(plan: DumpPlan, data_start: int, runs: list[tuple[int, int]],
-                  inside: bool) -> list[tuple[int, int]]:
-    """(offset, length) of the file where the plan's memory lands (as CoreWriter.fill lays it
-    out): of the memory in the sorted address runs, or (inside False) of all the rest, and the
-    synthetic pages; joined where they touch."""
-    regions: list[list[int]] = []
-    offset = data_start
-    index = 0
-    for memory_range in plan.ranges:
-        at = memory_range.start
-        while index < len(runs) and runs[index][1] <= at:
-            index += 1
-        pieces = []
-        probe = index
-        while probe < len(runs) and runs[probe][0] < memory_range.end:
-            run_start, run_end = max(runs[probe][0], at), min(runs[probe][1], memory_range.end)
-            pieces.append((run_start, run_end) if inside else (at, run_start))
-            at = run_end
-            probe += 1
-        if not inside:
-            pieces.append((at, memory_range.end))
-        for start, end in pieces:
-            if start < end:
-                file_start = offset + start - memory_range.start
-                if regions and regions[-1][0] + regions[-1][1] == file_start:
-                    regions[-1][1] += end - start
-                else:
-                    regions.append([file_start, end - start])
-        offset += memory_range.size
-    synthetic = sum(len(s.contents) for s in plan.synthetic)
-    if synthetic and not inside:
-        regions.append([offset, synthetic])
-    return [(start, length) for start, length in regions]
 
 
 def _written_since(holes: list[tuple[int, int]], zeros: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -294,7 +259,7 @@ def _copy(paused, snapshot: ProcessSnapshot, plan: DumpPlan, clock: PauseClock,
     """The planned memory into the output, the target resumed, the headers written. Returns the
     file's size, and where the memory lies in it (CoreWriter.copied_pieces). holes: the memory
     whose place in the file was left a hole (never written when looked at before the pause)."""
-    from minidumper.engines.linux.core_writer import CoreWriter
+    from minidumper.engines.linux.core_writer import CoreWriter, file_regions
     from minidumper.engines.linux.memory import address_of
 
     if log.isEnabledFor(logging.DEBUG):   # the sums take a millisecond of the pause
@@ -309,14 +274,20 @@ def _copy(paused, snapshot: ProcessSnapshot, plan: DumpPlan, clock: PauseClock,
     if mapping is None:
         log.debug("the output cannot be mapped: writing while the target is paused")
         return writer.write(paused.stream(plan.ranges), advance), writer.copied_pieces()
-    anonymous = prepared.anonymous if prepared and prepared.fits(snapshot) else None
-    zeros = _untouched(paused.memory, plan, snapshot, anonymous)
+    if holes is not None:
+        # Memory written before the pause stays written (or reads as zeros): only what was
+        # never written then is looked at again.
+        from minidumper.engines.linux import pagemap
+        zeros = pagemap.untouched(paused.memory.pid, holes)
+    else:
+        anonymous = prepared.anonymous if prepared and prepared.fits(snapshot) else None
+        zeros = _untouched(paused.memory, plan, snapshot, anonymous)
     clock.mark("untouched pages")
     log.debug("%d MiB never touched: written as zeros, not read",
               sum(end - start for start, end in zeros) >> 20)
     if holes:
         # Written since it was looked at: its place in the file gets its blocks first.
-        output.allocate(_file_regions(plan, writer.data_start, _written_since(holes, zeros), inside=True))
+        output.allocate(file_regions(plan, writer.data_start, _written_since(holes, zeros), inside=True))
     # The target's memory goes straight into the file's pages: one copy, then resume.
     with address_of(mapping) as destination:
         writer.fill(paused.memory, destination, advance, zeros)

@@ -120,6 +120,41 @@ def data_start(plan: DumpPlan, mappings: list[Mapping]) -> int:
     return _align_up(elf.EHDR_SIZE + elf.PHDR_SIZE * (1 + max_loads(plan, mappings)) + elf.SHDR_SIZE)
 
 
+def file_regions(plan: DumpPlan, data_start: int, runs: list[tuple[int, int]],
+                 inside: bool) -> list[tuple[int, int]]:
+    """(offset, length) of the file where the plan's memory lands (as CoreWriter.fill lays it
+    out from data_start): of the memory in the sorted address runs, or (inside False) of all
+    the rest and the synthetic pages; joined where they touch."""
+    regions: list[list[int]] = []
+    offset = data_start
+    index = 0
+    for memory_range in plan.ranges:
+        at = memory_range.start
+        while index < len(runs) and runs[index][1] <= at:
+            index += 1
+        pieces = []
+        probe = index
+        while probe < len(runs) and runs[probe][0] < memory_range.end:
+            run_start, run_end = max(runs[probe][0], at), min(runs[probe][1], memory_range.end)
+            pieces.append((run_start, run_end) if inside else (at, run_start))
+            at = run_end
+            probe += 1
+        if not inside:
+            pieces.append((at, memory_range.end))
+        for start, end in pieces:
+            if start < end:
+                file_start = offset + start - memory_range.start
+                if regions and regions[-1][0] + regions[-1][1] == file_start:
+                    regions[-1][1] += end - start
+                else:
+                    regions.append([file_start, end - start])
+        offset += memory_range.size
+    synthetic = sum(len(s.contents) for s in plan.synthetic)
+    if synthetic and not inside:
+        regions.append([offset, synthetic])
+    return [(start, length) for start, length in regions]
+
+
 class CoreWriter:
     def __init__(self, sink: OutputSink, snapshot: ProcessSnapshot, plan: DumpPlan) -> None:
         """The headers, then the memory, then the notes: the notes are built after the pause,
