@@ -211,8 +211,8 @@ class OutputFile:
             if only is None:
                 os.posix_fallocate(self.fd, 0, size)
             else:
-                # Reserving all of it would make every later write into it split one extent
-                # (ext4: milliseconds each, thousands of them for a thousand threads' stacks).
+                # Blocks for what will be written only: a thousand threads' untouched stacks
+                # are gigabytes of zeros, a hole in the file.
                 os.ftruncate(self.fd, size)
                 self.allocate(only)
         except OutputError:
