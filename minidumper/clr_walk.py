@@ -75,14 +75,10 @@ class ClrWalk:
         for tries_left in reversed(range(WARM_UP_TRIES)):
             started = time.monotonic()
             try:
-                ranges = self._read({}, depth, WARM_UP_TIMEOUT_SECONDS)
+                with self._fatal_failures_explained():
+                    ranges = self._read({}, depth, WARM_UP_TIMEOUT_SECONDS)
                 self._warm_up_seconds = time.monotonic() - started
                 return ranges
-            except bridge.NoClrRuntimeError as error:
-                self._raise_if_gone()
-                raise NotDotnetError(f"{error}; --full still dumps any process") from error
-            except bridge.BridgeLoadError as error:
-                raise RuntimeBridgeError(f"cannot start the CLR bridge: {error}") from error
             except bridge.BridgeCrashedError as error:
                 self._raise_if_gone()
                 log.debug("no warm-up of the CLR walk (%s); starting the bridge again%s", error,
@@ -142,7 +138,8 @@ class ClrWalk:
         return self._ranges_of(readout, self._depth)
 
     @contextlib.contextmanager
-    def _failures_explained(self):
+    def _fatal_failures_explained(self):
+        """The failures no other try mends: no CLR in the target, a bridge that cannot start."""
         bridge = self._bridge
         try:
             yield
@@ -151,6 +148,13 @@ class ClrWalk:
             raise NotDotnetError(f"{error}; --full still dumps any process") from error
         except bridge.BridgeLoadError as error:
             raise RuntimeBridgeError(f"cannot start the CLR bridge: {error}") from error
+
+    @contextlib.contextmanager
+    def _failures_explained(self):
+        bridge = self._bridge
+        try:
+            with self._fatal_failures_explained():
+                yield
         except bridge.ClrBridgeError as error:
             self._raise_if_gone()
             raise ClrReadFailedError(

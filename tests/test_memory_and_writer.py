@@ -180,6 +180,18 @@ time.sleep(300)
 """
 
 
+def _assert_holds_the_sparse_region(core, address: int, size: int) -> None:
+    """SPARSE_MAKER's region, read from the core: one segment, its two written pages, zeros."""
+    with open(core, "rb") as f:
+        loads = [s for s in ELFFile(f).iter_segments() if s["p_type"] == "PT_LOAD"]
+        holding = [s for s in loads if s["p_vaddr"] <= address < s["p_vaddr"] + s["p_memsz"]]
+        assert len(holding) == 1 and holding[0]["p_vaddr"] + holding[0]["p_memsz"] >= address + size
+        data = holding[0].data()[address - holding[0]["p_vaddr"]:][:size]
+    assert data[:PAGE_SIZE] == b"A" * PAGE_SIZE
+    assert data[size // 2:size // 2 + PAGE_SIZE] == b"B" * PAGE_SIZE
+    assert data.count(0) == size - 2 * PAGE_SIZE
+
+
 def test_memory_never_touched_is_zeros_in_the_core_without_being_read(tmp_path, monkeypatch):
     """Private anonymous pages never written (most of a thousand threads' stack reservations) go
     in as zeros, from pagemap, and the pages between them are read."""
@@ -206,14 +218,7 @@ def test_memory_never_touched_is_zeros_in_the_core_without_being_read(tmp_path, 
         minidumper.write_dump(child.pid, str(core), DumpMode.FULL)
         read_of_it = sum(max(0, min(e, address + size) - max(s, address)) for s, e in asked)
         assert read_of_it <= 3 * HUGE_PAGE
-        with open(core, "rb") as f:
-            loads = [s for s in ELFFile(f).iter_segments() if s["p_type"] == "PT_LOAD"]
-            holding = [s for s in loads if s["p_vaddr"] <= address < s["p_vaddr"] + s["p_memsz"]]
-            assert len(holding) == 1 and holding[0]["p_vaddr"] + holding[0]["p_memsz"] >= address + size
-            data = holding[0].data()[address - holding[0]["p_vaddr"]:][:size]
-        assert data[:PAGE_SIZE] == b"A" * PAGE_SIZE
-        assert data[size // 2:size // 2 + PAGE_SIZE] == b"B" * PAGE_SIZE
-        assert data.count(0) == size - 2 * PAGE_SIZE
+        _assert_holds_the_sparse_region(core, address, size)
     finally:
         child.kill()
         child.wait()
@@ -274,13 +279,7 @@ def test_memory_written_after_the_look_before_the_pause_is_in_the_core(tmp_path,
         minidumper.write_dump(child.pid, str(core), DumpMode.FULL)
         assert len(looks) == 2
         assert any(s <= address < e for s, e in allocated), allocated
-        with open(core, "rb") as f:
-            loads = [s for s in ELFFile(f).iter_segments() if s["p_type"] == "PT_LOAD"]
-            holding = [s for s in loads if s["p_vaddr"] <= address < s["p_vaddr"] + s["p_memsz"]]
-            data = holding[0].data()[address - holding[0]["p_vaddr"]:][:size]
-        assert data[:PAGE_SIZE] == b"A" * PAGE_SIZE
-        assert data[size // 2:size // 2 + PAGE_SIZE] == b"B" * PAGE_SIZE
-        assert data.count(0) == size - 2 * PAGE_SIZE
+        _assert_holds_the_sparse_region(core, address, size)
     finally:
         child.kill()
         child.wait()
