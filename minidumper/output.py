@@ -240,6 +240,11 @@ class OutputFile:
                     raise OutputError(f"cannot write {self.path}: {describe_os_error(error)}") from error
                 raise
 
+    def allocate_mapped(self) -> None:
+        """allocate() all of the mapped part of the file (where it has one)."""
+        if self._mapping is not None:
+            self.allocate([(0, len(self._mapping))])
+
     def reset(self) -> None:
         """Drops everything written so far, for a dump started over: empty and unmapped."""
         self._unmap()

@@ -137,6 +137,8 @@ def _write_planned_ahead(pid: int, output: OutputFile, mode: DumpMode,
         if plan is not None and prepared.fits(snapshot):
             size, _ = _copy(paused, snapshot, plan, clock, output, progress, prepared, holes)
         else:
+            if only is not None:   # the mappings changed: the file's holes are not where planned
+                output.allocate_mapped()
             plan, (size, _) = _walk_held(paused, snapshot, clock, output, mode, progress, None)
     return Written(snapshot, plan, size, paused.paused_seconds)
 

@@ -283,3 +283,23 @@ def test_memory_written_after_the_look_before_the_pause_is_in_the_core(tmp_path,
     finally:
         child.kill()
         child.wait()
+
+
+def test_full_dump_of_a_target_whose_mappings_changed_before_the_pause(heap_app, tmp_path, monkeypatch):
+    """The plan and the file's holes are made before the pause; where the pause finds other
+    mappings, the plan is made again in the pause and the whole file gets its blocks first."""
+    from minidumper.plan import select
+
+    allocated = []
+    original_allocate = OutputFile.allocate
+
+    def recording_allocate(self, regions):
+        allocated.append(list(regions))
+        original_allocate(self, regions)
+
+    monkeypatch.setattr(select.Prepared, "fits", lambda self, snapshot: False)
+    monkeypatch.setattr(OutputFile, "allocate", recording_allocate)
+    path = tmp_path / "changed.core"
+    result = minidumper.write_dump(heap_app.pid, str(path), DumpMode.FULL)
+    assert allocated[-1][0][0] == 0 and allocated[-1][0][1] >= result.bytes_written - (16 << 20)
+    assert clrmd_read("--dump", str(path))["histogram"] == clrmd_read("--pid", str(heap_app.pid))["histogram"]
