@@ -4,12 +4,13 @@ at normal priority by default.
 Before the pause the target runs and the bridge's work (loading .NET, the warm-up walk) competes
 with it; inside the pause the target waits for the walk. Lowering the bridge until a walk of a
 held target starts, then raising it again, was measured on a loaded 2-core VM (bench/) and was
-worse on every count. At SCHED_IDLE with the autogroup at nice 19 (the process has its own
-session, so its own autogroup, which is what the target's group competes with) the bridge starved
-behind other load (.NET took up to 60 s to start), and the walk in the pause, set back to normal,
-still ran 5-15x slower. SCHED_BATCH (the same share, no wakeup preemption of the target)
-lengthened every pause and removed no gaps. MINIDUMPER_BRIDGE_PRIORITY keeps them for measuring:
-"normal" (default), "batch", "idle" (needs CAP_SYS_NICE to return; otherwise batch).
+worse on every count. At SCHED_IDLE with its autogroup at nice 19 (when the bridge had a session
+of its own) the bridge starved behind other load (.NET took up to 60 s to start), and the walk in
+the pause, set back to normal, still ran 5-15x slower. SCHED_BATCH (the same share, no wakeup
+preemption of the target) lengthened every pause and removed no gaps. MINIDUMPER_BRIDGE_PRIORITY
+keeps them for measuring: "normal" (default), "batch", "idle" (needs CAP_SYS_NICE to return;
+otherwise batch). The bridge now shares the dumper's session and autogroup (process.py), so
+"idle" sets the scheduling class alone: the autogroup's nice would slow the dumper too.
 
 After the pause, the walk on the pause's copy competes with the target again. SCHED_BATCH there
 (MINIDUMPER_BRIDGE_AFTER_PAUSE_PRIORITY=batch, for measuring) gave no fewer gaps and no shorter
@@ -22,8 +23,6 @@ from __future__ import annotations
 import os
 
 CAP_SYS_NICE = 23
-AUTOGROUP = "/proc/self/autogroup"
-IDLE_AUTOGROUP_NICE = 19
 VARIABLE = "MINIDUMPER_BRIDGE_PRIORITY"
 # The walk on the pause's copy, after the target runs again: "normal" or "batch" (measuring).
 AFTER_PAUSE_VARIABLE = "MINIDUMPER_BRIDGE_AFTER_PAUSE_PRIORITY"
@@ -57,35 +56,29 @@ class Priority:
         """For the walk on the pause's copy: the target runs again and competes for the CPU."""
         self.normal()
         if self._after_pause and not self.batch:
-            self._set(os.SCHED_BATCH, None)
+            self._set(os.SCHED_BATCH)
             self.batch = True
 
     def lower(self) -> None:
         if self.low or self._how == "normal":
             return
         if self._how == "idle":
-            self._set(os.SCHED_IDLE, IDLE_AUTOGROUP_NICE)
+            self._set(os.SCHED_IDLE)
         else:
-            self._set(os.SCHED_BATCH, None)
+            self._set(os.SCHED_BATCH)
         self.low = True
 
     def normal(self) -> None:
         if self.batch:
-            self._set(os.SCHED_OTHER, None)
+            self._set(os.SCHED_OTHER)
             self.batch = False
         if not self.low:
             return
-        self._set(os.SCHED_OTHER, 0 if self._how == "idle" else None)
+        self._set(os.SCHED_OTHER)
         self.low = False
 
     @staticmethod
-    def _set(policy: int, autogroup_nice: int | None) -> None:
-        if autogroup_nice is not None:
-            try:
-                with open(AUTOGROUP, "w") as autogroup:
-                    autogroup.write(str(autogroup_nice))
-            except OSError:
-                pass   # no autogroups here: the policy alone
+    def _set(policy: int) -> None:
         # Every thread: .NET's own (JIT, finalizer, GC) inherit the main thread's class only
         # when they start after it changed.
         for tid in os.listdir("/proc/self/task"):
