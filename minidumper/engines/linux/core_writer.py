@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 import ctypes
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -120,39 +120,47 @@ def data_start(plan: DumpPlan, mappings: list[Mapping]) -> int:
     return _align_up(elf.EHDR_SIZE + elf.PHDR_SIZE * (1 + max_loads(plan, mappings)) + elf.SHDR_SIZE)
 
 
+def _pieces_in_file(plan: DumpPlan, data_start: int,
+                    runs: Sequence[tuple[int, int]]) -> Iterator[tuple[int, int, int, bool]]:
+    """How the plan's memory lands in the file, range after range from data_start: pieces
+    (start, end, file offset, in_runs), split where the sorted address runs begin and end."""
+    offset = data_start
+    index = 0
+    for memory_range in plan.ranges:
+        base = offset - memory_range.start
+        at = memory_range.start
+        while index < len(runs) and runs[index][1] <= at:
+            index += 1
+        probe = index
+        while probe < len(runs) and runs[probe][0] < memory_range.end:
+            run_start, run_end = max(runs[probe][0], at), min(runs[probe][1], memory_range.end)
+            if run_start > at:
+                yield at, run_start, base + at, False
+            yield run_start, run_end, base + run_start, True
+            at = run_end
+            probe += 1
+        if at < memory_range.end:
+            yield at, memory_range.end, base + at, False
+        offset += memory_range.size
+
+
 def file_regions(plan: DumpPlan, data_start: int, runs: list[tuple[int, int]],
                  inside: bool) -> list[tuple[int, int]]:
     """(offset, length) of the file where the plan's memory lands (as CoreWriter.fill lays it
     out from data_start): of the memory in the sorted address runs, or (inside False) of all
     the rest and the synthetic pages; joined where they touch."""
     regions: list[list[int]] = []
-    offset = data_start
-    index = 0
-    for memory_range in plan.ranges:
-        at = memory_range.start
-        while index < len(runs) and runs[index][1] <= at:
-            index += 1
-        pieces = []
-        probe = index
-        while probe < len(runs) and runs[probe][0] < memory_range.end:
-            run_start, run_end = max(runs[probe][0], at), min(runs[probe][1], memory_range.end)
-            pieces.append((run_start, run_end) if inside else (at, run_start))
-            at = run_end
-            probe += 1
-        if not inside:
-            pieces.append((at, memory_range.end))
-        for start, end in pieces:
-            if start < end:
-                file_start = offset + start - memory_range.start
-                if regions and regions[-1][0] + regions[-1][1] == file_start:
-                    regions[-1][1] += end - start
-                else:
-                    regions.append([file_start, end - start])
-        offset += memory_range.size
+    for start, end, offset, in_runs in _pieces_in_file(plan, data_start, runs):
+        if in_runs != inside:
+            continue
+        if regions and regions[-1][0] + regions[-1][1] == offset:
+            regions[-1][1] += end - start
+        else:
+            regions.append([offset, end - start])
     synthetic = sum(len(s.contents) for s in plan.synthetic)
     if synthetic and not inside:
-        regions.append([offset, synthetic])
-    return [(start, length) for start, length in regions]
+        regions.append([data_start + plan.total_bytes, synthetic])
+    return [(offset, length) for offset, length in regions]
 
 
 class CoreWriter:
@@ -189,23 +197,9 @@ class CoreWriter:
         (the file must be new, or cut to nothing since)."""
         reads: list[tuple[int, int, int]] = []       # (start, end, file offset)
         skipped: list[tuple[int, int, int]] = []
-        zero_index = 0
-        for memory_range in self._plan.ranges:
-            base = self._offset - memory_range.start
-            at = memory_range.start
-            while zero_index < len(zeros) and zeros[zero_index][1] <= at:
-                zero_index += 1
-            probe = zero_index
-            while probe < len(zeros) and zeros[probe][0] < memory_range.end:
-                zero_start, zero_end = max(zeros[probe][0], at), min(zeros[probe][1], memory_range.end)
-                if zero_start > at:
-                    reads.append((at, zero_start, base + at))
-                skipped.append((zero_start, zero_end, base + zero_start))
-                at = zero_end
-                probe += 1
-            if at < memory_range.end:
-                reads.append((at, memory_range.end, base + at))
-            self._offset += memory_range.size
+        for start, end, offset, zero in _pieces_in_file(self._plan, self._offset, zeros):
+            (skipped if zero else reads).append((start, end, offset))
+        self._offset += self._plan.total_bytes
         pieces = [(start, end, destination + offset) for start, end, offset in reads]
         # What went where, in address order; made into segments by finish(), once the target
         # runs again (thousands of lookups with a thousand threads).
