@@ -62,15 +62,6 @@ def note(name: bytes, note_type: int, desc: bytes) -> bytes:
             + _pad4(name_z) + _pad4(desc))
 
 
-def note_size(name: bytes, desc_size: int) -> int:
-    """len(note(name, any type, desc)) for a desc of desc_size bytes."""
-    return _nhdr.size + _align4(len(name) + 1) + _align4(desc_size)
-
-
-def _align4(size: int) -> int:
-    return (size + 3) & ~3
-
-
 def _pad4(data: bytes) -> bytes:
     return data + bytes(-len(data) % 4)
 
