@@ -12,17 +12,18 @@ exact.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from minidumper import targets
 from minidumper.clr_walk import ClrWalk
 from minidumper.errors import TargetExitedError
-from minidumper.model import PAGE_SIZE, DumpMode, DumpPlan, MemoryRange, ProcessSnapshot
+from minidumper.model import PAGE_SIZE, DumpMode, DumpPlan, Mapping, MemoryRange, ProcessSnapshot
 from minidumper.output import OutputFile
 from minidumper.plan import modes, select
 
@@ -120,20 +121,16 @@ def _write_planned_ahead(pid: int, output: OutputFile, mode: DumpMode,
     known before the pause. Only the file's pages of memory that was ever written are populated
     ahead: a thousand threads' stacks are gigabytes never touched, which would otherwise be
     allocated, and written back to the disk, as zeros."""
-    from minidumper.engines.linux import core_writer, pagemap
-    from minidumper.engines.linux.session import PausedProcess
+    from minidumper.engines.linux import core_writer
 
     prepared = _prepare(pid, mode, [])
     plan = select.select_ahead(mode, prepared)
     holes = only = None
     if plan is not None:
-        holes = pagemap.untouched(pid, [(r.start, r.end) for r in select.clip_to(plan.ranges, prepared.anonymous)])
+        holes = _untouched(pid, plan.ranges, prepared.anonymous, prepared.mappings)
         only = core_writer.file_regions(plan, core_writer.data_start(plan, prepared.mappings), holes, inside=False)
     reserve(output, expected, only)
-    with PausedProcess(pid, pause_timeout) as paused:
-        clock = PauseClock()
-        snapshot = paused.snapshot()
-        clock.mark("snapshot")
+    with _paused(pid, pause_timeout) as (paused, snapshot, clock):
         if plan is not None and prepared.fits(snapshot):
             size, _ = _copy(paused, snapshot, plan, clock, output, progress, prepared, holes)
         else:
@@ -167,15 +164,11 @@ def _copy_then_walk(pid: int, output: OutputFile, mode: DumpMode, progress: Dump
                     clr: ClrWalk, known: Knowledge, copy_path: str, pause_timeout: float) -> _Attempt:
     """One short pause, then the walk on its copy; or, where threads started since the CLR was
     last walked, the CLR walked in this pause."""
-    from minidumper.engines.linux.session import PausedProcess
     from clrmd_bridge import MemoryCopy
 
     # What can be known before the pause is not worked out in it.
     prepared = _prepare(pid, mode, known.clr_ranges)
-    with PausedProcess(pid, pause_timeout) as paused:
-        clock = PauseClock()
-        snapshot = paused.snapshot()
-        clock.mark("snapshot")
+    with _paused(pid, pause_timeout) as (paused, snapshot, clock):
         # New threads' CLR objects are in memory that no walk has seen. The walk on the copy
         # would read them from the running target, where a short-lived thread's are gone by
         # then: the DAC then loops or crashes (measured: half the dumps of a busy target).
@@ -226,14 +219,21 @@ def _describe(ranges: list[MemoryRange], most: int = 8) -> str:
 def walk_in_pause(pid: int, output: OutputFile, mode: DumpMode, progress: DumpProgress | None,
                   clr: ClrWalk | None, pause_timeout: float) -> Written:
     """One pause, with the CLR walked while the target is held."""
+    with _paused(pid, pause_timeout) as (paused, snapshot, clock):
+        plan, (size, _) = _walk_held(paused, snapshot, clock, output, mode, progress, clr)
+    return Written(snapshot, plan, size, paused.paused_seconds)
+
+
+@contextlib.contextmanager
+def _paused(pid: int, pause_timeout: float) -> Iterator[tuple]:
+    """The target held: (PausedProcess, its snapshot, the pause's clock)."""
     from minidumper.engines.linux.session import PausedProcess
 
     with PausedProcess(pid, pause_timeout) as paused:
         clock = PauseClock()
         snapshot = paused.snapshot()
         clock.mark("snapshot")
-        plan, (size, _) = _walk_held(paused, snapshot, clock, output, mode, progress, clr)
-    return Written(snapshot, plan, size, paused.paused_seconds)
+        yield paused, snapshot, clock
 
 
 def _walk_held(paused, snapshot: ProcessSnapshot, clock: PauseClock, output: OutputFile,
@@ -283,7 +283,7 @@ def _copy(paused, snapshot: ProcessSnapshot, plan: DumpPlan, clock: PauseClock,
         zeros = pagemap.untouched(paused.memory.pid, holes)
     else:
         anonymous = prepared.anonymous if prepared and prepared.fits(snapshot) else None
-        zeros = _untouched(paused.memory, plan, snapshot, anonymous)
+        zeros = _untouched(paused.memory.pid, plan.ranges, anonymous, snapshot.mappings)
     clock.mark("untouched pages")
     log.debug("%d MiB never touched: written as zeros, not read",
               sum(end - start for start, end in zeros) >> 20)
@@ -300,19 +300,19 @@ def _copy(paused, snapshot: ProcessSnapshot, plan: DumpPlan, clock: PauseClock,
     return writer.finish(), writer.copied_pieces()
 
 
-def _untouched(memory, plan: DumpPlan, snapshot: ProcessSnapshot,
-               anonymous: list[MemoryRange] | None) -> list[tuple[int, int]]:
-    """The planned private anonymous memory that was never touched: zeros, not read (most of a
-    thousand threads' stack reservations in a full dump). anonymous: anonymous_extents() of the
-    snapshot's mappings, where known."""
+def _untouched(pid: int, ranges: list[MemoryRange], anonymous: list[MemoryRange] | None,
+               mappings: list[Mapping]) -> list[tuple[int, int]]:
+    """The private anonymous memory of the ranges that was never touched: zeros, not read (most
+    of a thousand threads' stack reservations in a full dump). anonymous: anonymous_extents() of
+    the mappings, where known already."""
     from minidumper.engines.linux import pagemap
 
-    long_enough = [r for r in plan.ranges if r.size >= pagemap.MIN_RUN_PAGES * PAGE_SIZE]
+    long_enough = [r for r in ranges if r.size >= pagemap.MIN_RUN_PAGES * PAGE_SIZE]
     if not long_enough:
         return []
     if anonymous is None:
-        anonymous = select.anonymous_extents(snapshot.mappings)
-    return pagemap.untouched(memory.pid, [(r.start, r.end) for r in select.clip_to(long_enough, anonymous)])
+        anonymous = select.anonymous_extents(mappings)
+    return pagemap.untouched(pid, [(r.start, r.end) for r in select.clip_to(long_enough, anonymous)])
 
 
 class PauseClock:
