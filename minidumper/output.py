@@ -208,18 +208,13 @@ class OutputFile:
         if memory_budget.memory_filesystem(self.fd):
             self._check_memory(size)
         try:
-            if only is None:
-                os.posix_fallocate(self.fd, 0, size)
-            else:
+            if only is not None:
                 # Blocks for what will be written only: a thousand threads' untouched stacks
                 # are gigabytes of zeros, a hole in the file.
                 os.ftruncate(self.fd, size)
-                self.allocate(only)
-        except OutputError:
-            raise
+            self.allocate([(0, size)] if only is None else only)
         except OSError as error:
-            if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                raise OutputError(f"cannot write {self.path}: {describe_os_error(error)}") from error
+            self._raise_if_full(error)
             return None
         try:
             self._mapping = mmap.mmap(self.fd, size, mmap.MAP_SHARED,
@@ -236,9 +231,13 @@ class OutputFile:
             try:
                 os.posix_fallocate(self.fd, offset, length)
             except OSError as error:
-                if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                    raise OutputError(f"cannot write {self.path}: {describe_os_error(error)}") from error
+                self._raise_if_full(error)
                 raise
+
+    def _raise_if_full(self, error: OSError) -> None:
+        """OutputError where the disk, the quota or the file size limit is reached."""
+        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise OutputError(f"cannot write {self.path}: {describe_os_error(error)}") from error
 
     def allocate_mapped(self) -> None:
         """allocate() all of the mapped part of the file (where it has one)."""
