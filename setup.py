@@ -1,16 +1,15 @@
 """setuptools, plus one build step: where the CLR bridge's .NET assemblies are missing (a clean
-clone, or the sdist, which carries only their C# sources), `dotnet build` makes them, so that
-every wheel holds them as package data. Everything else is in pyproject.toml."""
+clone, or the sdist, which carries only their C# sources), clrmd_bridge/Recorder/build.py makes
+them, so that every wheel holds them as package data. Everything else is in pyproject.toml."""
 
-import shutil
-import subprocess
+import importlib.util
 from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
-BRIDGE_PROJECT = HERE / "clrmd_bridge" / "Recorder" / "Recorder.csproj"
+BRIDGE_BUILD = HERE / "clrmd_bridge" / "Recorder" / "build.py"
 ASSEMBLIES = HERE / "clrmd_bridge" / "_dotnet"
 REQUIRED = ("Recorder.dll", "Recorder.runtimeconfig.json", "Recorder.deps.json",
             "Python.Runtime.dll", "Microsoft.Diagnostics.Runtime.dll")
@@ -19,14 +18,11 @@ REQUIRED = ("Recorder.dll", "Recorder.runtimeconfig.json", "Recorder.deps.json",
 def build_bridge() -> None:
     if all((ASSEMBLIES / name).is_file() for name in REQUIRED):
         return
-    dotnet = shutil.which("dotnet")
-    if dotnet is None:
-        raise SystemExit("building minidumper needs the .NET SDK (dotnet) to build "
-                         f"{BRIDGE_PROJECT.relative_to(HERE)}; or build it first into "
-                         f"{ASSEMBLIES.relative_to(HERE)}")
-    print(f"building {BRIDGE_PROJECT.relative_to(HERE)} with {dotnet}", flush=True)
-    subprocess.run([dotnet, "build", str(BRIDGE_PROJECT), "-c", "Release", "-o", str(ASSEMBLIES),
-                    "-nologo", "-v", "quiet", "-clp:ErrorsOnly"], check=True)
+    spec = importlib.util.spec_from_file_location("bridge_build", BRIDGE_BUILD)
+    bridge_build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bridge_build)
+    print(f"building {BRIDGE_BUILD.parent.relative_to(HERE)}", flush=True)
+    bridge_build.build(ASSEMBLIES)
 
 
 class BuildPyWithBridge(build_py):

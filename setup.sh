@@ -25,7 +25,8 @@ build() {  # project, output folder
   echo "setup: building $1" >&2
   dotnet build "$1" -c Release -o "$2" -nologo -v quiet -clp:ErrorsOnly
 }
-build clrmd_bridge/Recorder/Recorder.csproj clrmd_bridge/_dotnet
+echo "setup: building the bridge (clrmd_bridge/Recorder/build.py)" >&2
+.venv/bin/python clrmd_bridge/Recorder/build.py clrmd_bridge/_dotnet
 build tests/clrmd_reader/ClrmdReader.csproj .build/clrmd_reader
 for project in fixtures/*/*.csproj; do
   name=$(basename "$project" .csproj)

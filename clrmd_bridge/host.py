@@ -10,6 +10,7 @@ symbols in this process, and ``import clr`` works.
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import re
@@ -23,6 +24,8 @@ from .errors import BridgeLoadError
 log = logging.getLogger(__name__)
 
 ASSEMBLY_DIR = Path(__file__).resolve().parent / "_dotnet"
+# The same assemblies compiled ahead of time for one runtime's major version (Recorder/build.py).
+READY_TO_RUN_DIR = ASSEMBLY_DIR / "ready_to_run"
 RUNTIME_CONFIG = "Recorder.runtimeconfig.json"
 PYTHON_RUNTIME = "Python.Runtime.dll"
 RECORDER = "Recorder.dll"
@@ -35,7 +38,7 @@ HDT_LOAD_ASSEMBLY_AND_GET_FUNCTION_POINTER = 5  # enum hostfxr_delegate_type
 
 _lock = threading.Lock()
 _loaded_from: Path | None = None
-_pythonnet_started = False   # it cannot start twice in one process, even if loading Recorder failed
+_pythonnet_from: Path | None = None   # it cannot start twice in one process, even if loading Recorder failed
 
 
 # hostfxr's char_t is UTF-16 wchar_t on Windows and UTF-8 char elsewhere.
@@ -72,23 +75,27 @@ def is_loaded() -> bool:
 
 
 def load(assembly_dir: Path | None = None) -> None:
-    """Start .NET in this process and load pythonnet and the bridge's assemblies. Idempotent."""
-    global _loaded_from, _pythonnet_started
+    """Start .NET in this process and load pythonnet and the bridge's assemblies (by default the
+    build that suits the installed runtimes: choose_assemblies). Idempotent."""
+    global _loaded_from, _pythonnet_from
     with _lock:
         if _loaded_from is not None:
             return
         started = time.perf_counter()
-        assembly_dir = (assembly_dir or ASSEMBLY_DIR).resolve()
-        _check_assemblies(assembly_dir)
-        if not _pythonnet_started:
+        if _pythonnet_from is None:
             dotnet_root = find_dotnet_root()
+            assembly_dir = (assembly_dir or choose_assemblies(dotnet_root)).resolve()
+            _check_assemblies(assembly_dir)
             hostfxr_path = find_hostfxr(dotnet_root)
             log.debug("starting .NET with %s and %s", hostfxr_path, assembly_dir / RUNTIME_CONFIG)
             _start_pythonnet(hostfxr_path, dotnet_root, assembly_dir)
-            _pythonnet_started = True
+            _pythonnet_from = assembly_dir
+        else:   # a second try after the Recorder failed to load: the runtime is the first one's
+            assembly_dir = (assembly_dir or _pythonnet_from).resolve()
+            _check_assemblies(assembly_dir)
         _load_recorder(assembly_dir)
         _loaded_from = assembly_dir
-        log.debug(".NET and ClrMD loaded in %.3f s", time.perf_counter() - started)
+        log.debug(".NET and ClrMD loaded from %s in %.3f s", assembly_dir, time.perf_counter() - started)
 
 
 def find_dotnet_root() -> Path:
@@ -105,6 +112,20 @@ def find_dotnet_root() -> Path:
             return root
     tried = ", ".join(str(c) for c in candidates)
     raise BridgeLoadError(f"no .NET runtime found (looked in {tried}); install .NET or set DOTNET_ROOT")
+
+
+def choose_assemblies(dotnet_root: Path) -> Path:
+    """The ReadyToRun build where the runtime it was compiled for is installed (hostfxr then
+    picks that runtime, and any other would ignore the compiled code); else the IL build."""
+    try:
+        config = json.loads((READY_TO_RUN_DIR / RUNTIME_CONFIG).read_text())
+        major = config["runtimeOptions"]["framework"]["version"].split(".")[0]
+    except (OSError, ValueError, KeyError, AttributeError):
+        return ASSEMBLY_DIR
+    installed = dotnet_root / "shared" / "Microsoft.NETCore.App"
+    if any(path.is_dir() for path in installed.glob(f"{major}.*")):
+        return READY_TO_RUN_DIR
+    return ASSEMBLY_DIR
 
 
 def find_hostfxr(dotnet_root: Path) -> Path:

@@ -115,6 +115,45 @@ def test_host_starts_dotnet_and_import_clr_works() -> None:
     assert "libcoreclr.so" in Path("/proc/self/maps").read_text()
 
 
+def test_the_ready_to_run_build_is_taken_where_its_runtime_is(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    ahead = tmp_path / "ready_to_run"
+    ahead.mkdir()
+    monkeypatch.setattr(host, "READY_TO_RUN_DIR", ahead)
+    root = tmp_path / "dotnet"
+    runtimes = root / "shared" / "Microsoft.NETCore.App"
+    runtimes.mkdir(parents=True)
+    assert host.choose_assemblies(root) == host.ASSEMBLY_DIR        # not built
+    (ahead / host.RUNTIME_CONFIG).write_text(
+        '{"runtimeOptions": {"framework": {"name": "Microsoft.NETCore.App", "version": "10.0.0"}}}')
+    for version in ("8.0.22", "11.0.1", "1.0.0"):
+        (runtimes / version).mkdir()
+    assert host.choose_assemblies(root) == host.ASSEMBLY_DIR        # its code would be ignored
+    (runtimes / "10.0.3").mkdir()
+    assert host.choose_assemblies(root) == ahead
+    (ahead / host.RUNTIME_CONFIG).write_text("{")
+    assert host.choose_assemblies(root) == host.ASSEMBLY_DIR
+
+
+def test_the_ready_to_run_build_leaves_little_to_compile(heap_fixture: int) -> None:
+    """Built here (setup.sh) for this SDK's runtime, the ReadyToRun build is the one loaded, and
+    the runtime uses its code: a walk compiles a fraction of the methods the IL build does."""
+    assert host.choose_assemblies(host.find_dotnet_root()) == host.READY_TO_RUN_DIR
+    compiled = {}
+    for build in (host.READY_TO_RUN_DIR, host.ASSEMBLY_DIR):
+        result = run_python(f"""
+            from pathlib import Path
+            from clrmd_bridge import host, runtime
+            host.load(Path({str(build)!r}))
+            runtime.read_clr({heap_fixture}, {{}}, "mini")
+            import System
+            print(System.Runtime.JitInfo.GetCompiledMethodCount(False))
+        """)
+        assert result.returncode == 0, result.stderr[-2000:]
+        compiled[build.name] = int(result.stdout.split()[-1])
+    assert compiled["ready_to_run"] < compiled["_dotnet"] / 2, compiled
+
+
 def test_missing_assemblies_say_run_setup(tmp_path: Path) -> None:
     result = run_python(f"""
         from pathlib import Path

@@ -62,9 +62,12 @@ def test_the_sdist_carries_sources_and_the_wheel_the_built_bridge(installed):
     _, sdist_names, wheel_names = installed
     assert any(n.endswith("clrmd_bridge/Recorder/Recorder.csproj") for n in sdist_names)
     assert any(n.endswith("clrmd_bridge/Recorder/ClrMemoryWalker.cs") for n in sdist_names)
+    assert any(n.endswith("clrmd_bridge/Recorder/build.py") for n in sdist_names)
+    assert any(n.endswith("clrmd_bridge/Recorder/Directory.Build.props") for n in sdist_names)
     assert not any("/_dotnet/" in n or n.endswith(".dll") for n in sdist_names)
     for name in ASSEMBLIES:
         assert f"clrmd_bridge/_dotnet/{name}" in wheel_names
+        assert f"clrmd_bridge/_dotnet/ready_to_run/{name}" in wheel_names
     config = [n for n in wheel_names if n.endswith("Recorder.runtimeconfig.json")]
     assert config
 
@@ -72,10 +75,13 @@ def test_the_sdist_carries_sources_and_the_wheel_the_built_bridge(installed):
 def test_the_installed_tool_dumps_in_every_mode_from_anywhere(installed, heap_app, tmp_path):
     venv, _, _ = installed
     where = run([str(venv / "bin" / "python"), "-c",
-                 "import minidumper, clrmd_bridge, json; print(json.dumps("
-                 "[minidumper.__file__, clrmd_bridge.__file__]))"], cwd=tmp_path)
+                 "import minidumper, clrmd_bridge, json; from clrmd_bridge import host; "
+                 "print(json.dumps([minidumper.__file__, clrmd_bridge.__file__, "
+                 "str(host.choose_assemblies(host.find_dotnet_root()))]))"], cwd=tmp_path)
     for path in json.loads(where.stdout):
         assert path.startswith(str(venv)), path     # the installed copy, not the repository
+    # The SDK that built the wheel has its runtime here: the compiled-ahead build is taken.
+    assert json.loads(where.stdout)[2].endswith("/_dotnet/ready_to_run")
     config = json.loads((Path(json.loads(where.stdout)[1]).parent / "_dotnet" /
                          "Recorder.runtimeconfig.json").read_text())["runtimeOptions"]
     assert config["tfm"] == "net8.0" and config["rollForward"] == "Major"
