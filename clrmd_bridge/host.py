@@ -116,7 +116,10 @@ def find_dotnet_root() -> Path:
 
 def choose_assemblies(dotnet_root: Path) -> Path:
     """The ReadyToRun build where the runtime it was compiled for is installed (hostfxr then
-    picks that runtime, and any other would ignore the compiled code); else the IL build."""
+    picks that runtime, and any other would ignore the compiled code); else the IL build.
+    MINIDUMPER_BRIDGE_IL=1 takes the IL build (a measuring knob: bench/)."""
+    if os.environ.get("MINIDUMPER_BRIDGE_IL") == "1":
+        return ASSEMBLY_DIR
     try:
         config = json.loads((READY_TO_RUN_DIR / RUNTIME_CONFIG).read_text())
         major = config["runtimeOptions"]["framework"]["version"].split(".")[0]
