@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,12 +96,18 @@ def dump(app: LiveApp, path: Path, mode: str) -> dict:
     return json.loads(result.stdout)
 
 
+_reader_tmp: list[str] = []
+
+
 def clrmd_read(*args: str) -> dict:
-    """What ClrMD sees: --dump PATH, or --pid PID for the live process."""
+    """What ClrMD sees: --dump PATH, or --pid PID for the live process. Its temporary files (ClrMD's
+    default symbol cache, TMPDIR/symbols) go to a directory of this session, removed at its end."""
     if not CLRMD_READER.exists():
         pytest.fail(f"{CLRMD_READER} is missing: run ./setup.sh")
+    if not _reader_tmp:
+        _reader_tmp.append(tempfile.mkdtemp(prefix="clrmd-reader-"))
     result = subprocess.run(["dotnet", str(CLRMD_READER), *args], capture_output=True, text=True,
-                            timeout=300)
+                            timeout=300, env={**os.environ, "TMPDIR": _reader_tmp[0]})
     assert result.returncode == 0, result.stdout + result.stderr
     return json.loads(result.stdout)
 
@@ -148,6 +155,8 @@ RUNTIME_IPC_PREFIXES = ("clr-debug-pipe-", "dotnet-diagnostic-")
 def pytest_sessionfinish(session, exitstatus):
     """The fixtures end by SIGKILL, so their runtimes never remove their debugger pipes and
     diagnostic sockets from /tmp: those of processes gone since this session began go now."""
+    for directory in _reader_tmp:
+        shutil.rmtree(directory, ignore_errors=True)
     tmp = Path(os.environ.get("TMPDIR") or "/tmp")
     for entry in tmp.iterdir():
         if not entry.name.startswith(RUNTIME_IPC_PREFIXES):
