@@ -61,13 +61,19 @@ def app_name(comm: str, cmdline: list[str]) -> str:
 
 def output_path(path: str | os.PathLike | None, pid: int, process_name: str) -> str:
     """The file to write: path itself, or the default name inside path where it is a
-    directory (a symlink to one included), or in the current directory where it is None."""
+    directory (a symlink to one included), or in the current directory where it is None. A
+    default name already taken (a dump of the same process in the same second) gets _2, _3, ..."""
     if path is None:
-        return os.path.join(os.getcwd(), default_name(pid, process_name))
-    path = os.fspath(path)
-    if path and os.path.isdir(path):
-        return os.path.join(path, default_name(pid, process_name))
-    return path
+        directory = os.getcwd()
+    else:
+        directory = os.fspath(path)
+        if not (directory and os.path.isdir(directory)):
+            return directory
+    name = default_name(pid, process_name)
+    candidate, number = os.path.join(directory, name), 2
+    while os.path.lexists(candidate):
+        candidate, number = os.path.join(directory, f"{name}_{number}"), number + 1
+    return candidate
 
 
 def check_output_path(path: str) -> tuple[str, str]:

@@ -61,6 +61,26 @@ def test_dotnet_dump_flags_a_directory_and_the_generated_name(heap_app, tmp_path
     heap_app.assert_running()
 
 
+def test_a_generated_name_already_taken_gets_a_number(heap_app, tmp_path):
+    """Dumps of one process in the same second (a script's loop) each get their own file; the
+    one already there is left as it was."""
+    from minidumper.output import default_name
+
+    now = time.time()
+    taken = {default_name(heap_app.pid, "HeapFixture", now + s) for s in range(-1, 30)}
+    for name in taken:
+        (tmp_path / name).write_text("an earlier dump")
+        (tmp_path / f"{name}_2").write_text("an earlier dump")
+    result = run_minidumper("-p", str(heap_app.pid), "-o", str(tmp_path), "--mini", "--json")
+    answer = json.loads(result.stdout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    written = Path(answer["path"])
+    assert written.name.endswith("_3") and written.name.removesuffix("_3") in taken
+    assert threads_in_core(written) == answer["threads"]
+    assert all((tmp_path / n).read_text() == "an earlier dump" for n in taken)
+    heap_app.assert_running()
+
+
 def test_output_alias_and_mode_flags_agree(heap_app, tmp_path):
     same = run_minidumper("--output", str(tmp_path / "a.core"), "-p", str(heap_app.pid),
                           "--type", "full", "--full", "--json")
