@@ -42,16 +42,17 @@ def _regions(pid: int, size: int) -> list[tuple[int, int]]:
     return found
 
 
-def _fill(pid: int, regions: list[tuple[int, int]], destination: memoryview) -> None:
+def _fill(pid: int, regions: list[tuple[int, int]], destination: mmap.mmap) -> None:
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-    from minidumper.engines.linux.memory import ProcessMemory
+    from minidumper.engines.linux.memory import ProcessMemory, address_of
     memory = ProcessMemory(pid)
     try:
         offset = 0
-        for start, end in regions:
-            for _ in memory.fill(start, end, destination[offset:offset + end - start]):
-                pass
-            offset += end - start
+        with address_of(destination) as base:
+            for start, end in regions:
+                for _ in memory.fill(start, end, base + offset):
+                    pass
+                offset += end - start
     finally:
         memory.close()
 
@@ -76,8 +77,7 @@ def one(way: str, pid: int, regions: list[tuple[int, int]], size: int, directory
                 buffer.madvise(MADV_POPULATE_WRITE)
         times["prepare"] = time.perf_counter() - began
         began = time.perf_counter()
-        with memoryview(buffer) as view:
-            _fill(pid, regions, view)
+        _fill(pid, regions, buffer)
         times["fill (pause)"] = time.perf_counter() - began
         began = time.perf_counter()
         if way == "anon-thp":

@@ -10,7 +10,7 @@ process, maybe the target.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import os
 from dataclasses import dataclass
 
@@ -51,8 +51,10 @@ def memory_filesystem(fd: int) -> str | None:
     return MEMORY_FILESYSTEMS.get(f_type)
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    # The C library this process runs on: ctypes.util.find_library would run ldconfig, twice.
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _mem_available() -> int:
