@@ -63,12 +63,11 @@ def output_path(path: str | os.PathLike | None, pid: int, process_name: str) -> 
     """The file to write: path itself, or the default name inside path where it is a
     directory (a symlink to one included), or in the current directory where it is None. A
     default name already taken (a dump of the same process in the same second) gets _2, _3, ..."""
-    if path is None:
-        directory = os.getcwd()
-    else:
-        directory = os.fspath(path)
-        if not (directory and os.path.isdir(directory)):
-            return directory
+    if path is not None:
+        path = os.fspath(path)
+        if not (path and os.path.isdir(path)):
+            return path
+    directory = os.getcwd() if path is None else path
     name = default_name(pid, process_name)
     candidate, number = os.path.join(directory, name), 2
     while os.path.lexists(candidate):
