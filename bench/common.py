@@ -167,13 +167,26 @@ def _zombie(pid: int) -> bool:
 
 # --- the copy floor ------------------------------------------------------------------------
 
+MADV_POPULATE_WRITE = 23
+
+
 class _IoVec(ctypes.Structure):
     _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
 
 
 def copy_rate(pid: int, limit: int = 512 * MIB, chunk: int = 8 * MIB) -> float:
     """Bytes per second process_vm_readv copies from the target's anonymous memory (the floor
-    of any dump's pause: its bytes must be read). Best of three passes over up to `limit` bytes."""
+    of any dump's pause: its bytes must be read, and written somewhere). Best of three passes
+    over up to `limit` bytes of memory that was ever written (a dump reads no other: never-touched
+    pages are zeros, and read through the kernel's zero page far faster), into a prefaulted
+    destination as large as the copy: a dump writes every byte to memory of its own, never
+    through a buffer that stays in the CPU's cache (which made an earlier floor 20-30 % faster)."""
+    import mmap
+    sys.path.insert(0, str(REPO_ROOT))
+    from minidumper.engines.linux import pagemap
+    from minidumper.model import MemoryRange
+    from minidumper.plan.select import subtract
+
     libc = ctypes.CDLL(None, use_errno=True)
     libc.process_vm_readv.restype = ctypes.c_ssize_t
     regions = []
@@ -182,8 +195,13 @@ def copy_rate(pid: int, limit: int = 512 * MIB, chunk: int = 8 * MIB) -> float:
         if fields[1].startswith("rw") and len(fields) == 5:
             start, end = (int(x, 16) for x in fields[0].split("-"))
             regions.append((start, end))
+    regions.sort()
+    untouched = [MemoryRange(start, end) for start, end in pagemap.untouched(pid, regions)]
+    regions = [(r.start, r.end) for r in subtract([MemoryRange(*r) for r in regions], untouched)]
     regions.sort(key=lambda r: r[0] - r[1])   # largest first
-    buffer = ctypes.create_string_buffer(chunk)
+    destination = mmap.mmap(-1, limit)
+    destination.madvise(MADV_POPULATE_WRITE)
+    base = ctypes.addressof((ctypes.c_char * limit).from_buffer(destination))
     best = 0.0
     for _ in range(3):
         copied, began = 0, time.perf_counter()
@@ -191,7 +209,7 @@ def copy_rate(pid: int, limit: int = 512 * MIB, chunk: int = 8 * MIB) -> float:
             address = start
             while address < end and copied < limit:
                 size = min(chunk, end - address, limit - copied)
-                local = _IoVec(ctypes.addressof(buffer), size)
+                local = _IoVec(base + copied, size)
                 remote = _IoVec(address, size)
                 done = libc.process_vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
                 if done <= 0:
