@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT_SECONDS = 60.0
 PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
-LOG_TAIL_BYTES = 2000
+LOG_TAIL_BYTES = 2000          # of the worker's output, in the message of its crash
+LOG_BYTES_SHOWN = 256 << 10    # of the worker's output, with -v, when it ends
 
 
 class ClrWalkerProcess:
@@ -153,13 +154,19 @@ class ClrWalkerProcess:
 
     def _log_tail(self) -> str:
         """The last lines the worker printed (a .NET abort says why there)."""
+        return " | ".join(self._log_lines(LOG_TAIL_BYTES)[-3:])
+
+    def _log_lines(self, most: int) -> list[str]:
+        """The non-blank lines of the worker's last `most` bytes of output."""
         if self._log is None:
-            return ""
+            return []
         self._log.seek(0, os.SEEK_END)
         size = self._log.tell()
-        self._log.seek(max(0, size - LOG_TAIL_BYTES))
-        lines = self._log.read().decode(errors="replace").strip().splitlines()
-        return " | ".join(line.strip() for line in lines[-3:] if line.strip())
+        self._log.seek(max(0, size - most))
+        lines = self._log.read().decode(errors="replace").splitlines()
+        if size > most:
+            lines = lines[1:]   # cut in the middle
+        return [line.strip() for line in lines if line.strip()]
 
     def _kill(self) -> None:
         if self._process is None or self._process.poll() is not None:
@@ -172,9 +179,8 @@ class ClrWalkerProcess:
         if self._process is not None:
             self._kill()
             if self._log is not None and log.isEnabledFor(logging.DEBUG):
-                tail = self._log_tail()
-                if tail:
-                    log.debug("bridge process said: %s", tail)
+                for line in self._log_lines(LOG_BYTES_SHOWN):
+                    log.debug("bridge process %d said: %s", self._process.pid, line)
         for fd in (self._requests, self._replies):
             if fd is not None:
                 os.close(fd)

@@ -168,3 +168,15 @@ def test_a_bridge_that_fails_on_the_copy_walks_in_the_pause(heap_app, tmp_path, 
     assert seen["invalid_object_count"] == 0 and seen["errors"] == []
     assert seen["object_count"] == live["object_count"] > 10_000
     assert seen["threads"] == live["threads"]
+
+
+def test_verbose_shows_everything_the_bridge_said(heap_app, tmp_path):
+    """-v ends with the bridge's whole log, one line each: here its timings, every step of the
+    warm-up and of the walk on the copy, not only the last three."""
+    result = run_minidumper("--pid", str(heap_app.pid), "-f", str(tmp_path / "app.core"), "--mini",
+                            "-v", env={**os.environ, "MINIDUMPER_BRIDGE_TIMINGS": "1"})
+    assert result.returncode == 0, result.stderr
+    said = [line.split(" said: ", 1)[1] for line in result.stderr.splitlines() if " said: " in line]
+    # The warm-up and the walk on the copy (and any walk after them), each from its first step.
+    assert sum(line.startswith("TIMING attach") for line in said) >= 2, said
+    assert sum(line.startswith("TIMING walk (") for line in said) >= 2, said
