@@ -135,6 +135,12 @@ class Target:
                     stream.close()
                 except OSError:
                     pass
+        if self.pid and self.process.poll() is not None:
+            # Killed, its runtime never removed its debugger pipes and diagnostic socket.
+            tmp = Path(os.environ.get("TMPDIR") or "/tmp")
+            for leftover in [*tmp.glob(f"clr-debug-pipe-{self.pid}-*"),
+                             *tmp.glob(f"dotnet-diagnostic-{self.pid}-*")]:
+                leftover.unlink(missing_ok=True)
         self.process = None
 
 
