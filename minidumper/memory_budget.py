@@ -10,7 +10,6 @@ process, maybe the target.
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 from dataclasses import dataclass
 
@@ -44,17 +43,13 @@ def headroom() -> Headroom:
 
 def memory_filesystem(fd: int) -> str | None:
     """"tmpfs" (or another in-memory file system's name) where the file lives in memory."""
+    from minidumper.engines.linux._libc import libc
+
     buffer = ctypes.create_string_buffer(256)       # struct statfs; f_type comes first
-    if _libc().fstatfs(fd, buffer) != 0:
+    if libc.fstatfs(fd, buffer) != 0:
         return None
     f_type = ctypes.c_long.from_buffer(buffer).value & 0xFFFFFFFF
     return MEMORY_FILESYSTEMS.get(f_type)
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    # The C library this process runs on: ctypes.util.find_library would run ldconfig, twice.
-    return ctypes.CDLL(None, use_errno=True)
 
 
 def _mem_available() -> int:
