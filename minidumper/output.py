@@ -17,7 +17,7 @@ import secrets
 import sys
 import time
 
-from minidumper import memory_budget
+from minidumper import memory_budget, output_staging
 from minidumper.errors import OutputError, UsageError
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,7 @@ class OutputFile:
         self.hidden_name: str | None = None     # only where O_TMPFILE is not supported
         self._dir_fd: int | None = None
         self._mapping: mmap.mmap | None = None
+        self._staging: output_staging.Staging | None = None
         self._committed = False
 
     def __enter__(self) -> OutputFile:
@@ -154,6 +155,7 @@ class OutputFile:
         return name if self._dir_fd is not None else os.path.join(self.directory, name)
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
+        self._drop_staging()
         self._unmap(dropping=True)
         if not self._committed:
             self._remove_hidden()
@@ -181,12 +183,59 @@ class OutputFile:
         room = self._check_memory(size)
         populated = size if only is None else sum(length for _, length in only)
         populate = populated <= room.bytes // 2
-        log.debug("output: reserving %d MiB, populated ahead: %s; memory headroom %s",
-                  size >> 20, f"{populated >> 20} MiB" if populate else "no", room.describe())
         mapping = self.map(size, only)
-        if mapping is not None and populate:
-            _populate(mapping, [(0, size)] if only is None else only)
+        regions = [(0, size)] if only is None else only
+        started = time.monotonic()
+        if mapping is not None and populate and self._stage(size, populated, room):
+            self._staging.populate(regions)
+        elif mapping is not None and populate:
+            _populate(mapping, regions)
+        ahead = "no" if not populate else (f"{populated >> 20} MiB"
+                                            + (" (staged in shared memory)" if self._staging else "")
+                                            + f" in {time.monotonic() - started:.2f} s")
+        log.debug("output: reserving %d MiB, populated ahead: %s; memory headroom %s",
+                  size >> 20, ahead, room.describe())
         return mapping
+
+    def _stage(self, size: int, populated: int, room: memory_budget.Headroom) -> bool:
+        """Stages the copy in shared memory (output_staging) where the file's page cache would
+        be written back while it waits for the pause."""
+        self._drop_staging()
+        if os.environ.get(output_staging.NO_STAGING_VARIABLE) == "1" \
+                or populated <= output_staging.dirty_background_bytes(room.bytes):
+            return False
+        if memory_budget.memory_filesystem(self.fd):    # in memory already, never written back
+            return False
+        self._staging = output_staging.Staging.open(self.fd, size)
+        return self._staging is not None
+
+    def copy_destination(self, size: int) -> mmap.mmap | None:
+        """Where the pause copies the memory, laid out as the file: the staging where there is
+        one (write_staged() then writes it to the file), else the file's mapping (map())."""
+        mapping = self.map(size)
+        if mapping is None or self._staging is None:
+            return mapping
+        return self._staging.mapping_of(size)
+
+    def write_staged(self, regions: list[tuple[int, int]]) -> None:
+        """After the pause: the staged (offset, length) regions written to the file, and the
+        staging's memory given back. Nothing where the copy was not staged."""
+        if self._staging is None:
+            return
+        started = time.monotonic()
+        try:
+            self._staging.write_out(regions, self.fd)
+        except OSError as error:
+            self._raise_if_full(error)
+            raise OutputError(f"writing {self.path} failed: {describe_os_error(error)}") from error
+        finally:
+            self._drop_staging()
+        log.debug("the staged copy written to the file in %.3f s", time.monotonic() - started)
+
+    def _drop_staging(self) -> None:
+        if self._staging is not None:
+            self._staging.close()
+            self._staging = None
 
     def _check_memory(self, size: int) -> memory_budget.Headroom:
         """On a file system in memory the output is memory that cannot be reclaimed: refuse
@@ -251,6 +300,7 @@ class OutputFile:
 
     def reset(self) -> None:
         """Drops everything written so far, for a dump started over: empty and unmapped."""
+        self._drop_staging()
         self._unmap()
         try:
             os.ftruncate(self.fd, 0)

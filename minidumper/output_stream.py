@@ -30,6 +30,7 @@ class StreamedOutput(OutputFile):
         self.hidden_name = None
         self._dir_fd = None
         self._mapping = None
+        self._staging = None
         self._committed = False
 
     def commit(self, size: int) -> None:

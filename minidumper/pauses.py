@@ -272,7 +272,7 @@ def _copy(paused, snapshot: ProcessSnapshot, plan: DumpPlan, clock: PauseClock,
     if progress:
         progress.start(plan.total_bytes)
     advance: Callable[[int], None] | None = progress.advance if progress else None
-    mapping = output.map(writer.planned_size)
+    mapping = output.copy_destination(writer.planned_size)
     if mapping is None:
         log.debug("the output cannot be mapped: writing while the target is paused")
         return writer.write(paused.stream(plan.ranges), advance), writer.copied_pieces()
@@ -297,6 +297,7 @@ def _copy(paused, snapshot: ProcessSnapshot, plan: DumpPlan, clock: PauseClock,
     paused.resume()
     clock.mark("resume")
     log.debug("pause: %s", clock)
+    output.write_staged(file_regions(plan, writer.data_start, zeros, inside=False))
     return writer.finish(), writer.copied_pieces()
 
 
