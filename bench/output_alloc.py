@@ -8,6 +8,8 @@ target's memory with process_vm_readv (the fill is what the pause waits for):
   zeros+populate  the page cache filled by write() of zeros first, then mapped and populated
   anon-thp    an anonymous buffer with transparent huge pages, populated before the fill;
               written to the file with write() after it (after the pause), as createdump writes
+  memfd-direct  a memfd (shared memory: no dirty page accounting, no writeback), populated
+              before the fill; written to the fallocated file with O_DIRECT after it
 
     .venv/bin/python bench/output_alloc.py [--size-mib 1024] [--rounds 3] [--dir /tmp]
 
@@ -66,6 +68,13 @@ def one(way: str, pid: int, regions: list[tuple[int, int]], size: int, directory
             buffer = mmap.mmap(-1, size)
             buffer.madvise(mmap.MADV_HUGEPAGE)
             buffer.madvise(MADV_POPULATE_WRITE)
+        elif way == "memfd-direct":
+            os.posix_fallocate(fd, 0, size)
+            staging = os.memfd_create("minidumper-alloc")
+            os.ftruncate(staging, size)
+            buffer = mmap.mmap(staging, size)
+            os.close(staging)
+            buffer.madvise(MADV_POPULATE_WRITE)
         else:
             os.posix_fallocate(fd, 0, size)
             buffer = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
@@ -85,6 +94,15 @@ def one(way: str, pid: int, regions: list[tuple[int, int]], size: int, directory
                 written = 0
                 while written < size:
                     written += os.write(fd, view[written:written + (64 << 20)])
+        if way == "memfd-direct":
+            direct = os.open(path, os.O_WRONLY | os.O_DIRECT)
+            try:
+                with memoryview(buffer) as view:
+                    written = 0
+                    while written < size:
+                        written += os.pwrite(direct, view[written:written + (64 << 20)], written)
+            finally:
+                os.close(direct)
         buffer.close()
         times["after"] = time.perf_counter() - began
         times["total"] = sum(times.values())
@@ -104,7 +122,7 @@ def main() -> int:
     spec = TargetSpec("alloc", "PauseTarget", ("--threads", "2", "--native-mb", str(arguments.size_mib + 64)),
                       "native memory to copy")
     target = Target(spec)
-    ways = ("fallocate", "populate", "zeros+populate", "anon-thp")
+    ways = ("fallocate", "populate", "zeros+populate", "anon-thp", "memfd-direct")
     results: dict[str, list[dict]] = {way: [] for way in ways}
     try:
         pid = target.start()

@@ -10,7 +10,7 @@ ratios and the goals of issue 12 are printed, and written as JSON and Markdown o
         [--modes full,heap,mini] [--variant NAME:VAR=VALUE,...] [--json OUT] [--markdown OUT]
 
 A variant is minidumper run with settings in its environment (for example
-nocache:MINIDUMPER_NO_PAGE_CACHE=1), measured in the same rounds. The target comes first: it is
+nocache:MINIDUMPER_NO_PAGE_CACHE=1), measured in the same rounds and modes. The target comes first: it is
 never left stopped (checked after every dump) and always killed at the end, even on Ctrl-C.
 """
 
@@ -82,8 +82,6 @@ def tools_of(arguments: argparse.Namespace) -> list[Tool]:
 def modes_of(tool: Tool, modes: list[str]) -> list[str]:
     if tool.kind == CREATEDUMP:
         return [COUNTERPART[m] for m in modes]
-    if tool.env:   # variants are about the CLR walk
-        return [m for m in modes if m != "full"]
     return modes
 
 
