@@ -22,7 +22,6 @@ from minidumper.errors import OutputError, UsageError
 
 log = logging.getLogger(__name__)
 
-MADV_POPULATE_WRITE = 23
 NAME_MAX = 255
 PARTIAL_SUFFIX = ".minidumper-partial"
 O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)
@@ -187,9 +186,9 @@ class OutputFile:
         regions = [(0, size)] if only is None else only
         started = time.monotonic()
         if mapping is not None and populate and self._stage(size, populated, room):
-            self._staging.populate(regions)
+            output_staging.populate(self._staging.mapping, regions)
         elif mapping is not None and populate:
-            _populate(mapping, regions)
+            output_staging.populate(mapping, regions)
         ahead = "no" if not populate else (f"{populated >> 20} MiB"
                                             + (" (staged in shared memory)" if self._staging else "")
                                             + f" in {time.monotonic() - started:.2f} s")
@@ -393,21 +392,3 @@ def open_output(path: object, pid: int, process_name: str) -> OutputFile:
         return OutputFile(output_path(text, pid, process_name))
     from minidumper.output_stream import StreamedOutput
     return StreamedOutput(path)
-
-
-def _populate(mapping: mmap.mmap, regions: list[tuple[int, int]]) -> None:
-    """Allocates the file's pages in the (offset, length) regions now, so that writing them
-    later is a plain copy."""
-    if len(regions) > 1:
-        # Each fault would read ahead (zero-fill) megabytes around it: 2,000 scattered regions
-        # of a sparse file took 24 s, not 0.1 s.
-        mapping.madvise(mmap.MADV_RANDOM)
-    for offset, length in regions:
-        start = offset // mmap.PAGESIZE * mmap.PAGESIZE
-        end = min(len(mapping), offset + length)
-        if start >= end:
-            continue
-        try:
-            mapping.madvise(MADV_POPULATE_WRITE, start, end - start)
-        except OSError:
-            return   # kernels before 5.14: the pages are allocated as they are written
