@@ -14,6 +14,7 @@ not staged.
 
 from __future__ import annotations
 
+import errno
 import logging
 import mmap
 import os
@@ -98,7 +99,8 @@ class Staging:
 
     def write_out(self, regions: list[tuple[int, int]], file_fd: int) -> None:
         """Writes the staged (offset, length) regions to the file: whole pages with O_DIRECT, any
-        partial page at either end through the page cache (file_fd). Raises OSError."""
+        partial page at either end through the page cache (file_fd); all of it through the page
+        cache from the first O_DIRECT write the file system refuses. Raises OSError."""
         with memoryview(self.mapping) as view:
             for offset, length in regions:
                 end = offset + length
@@ -109,8 +111,23 @@ class Staging:
                     continue
                 _write_all(file_fd, view[offset:direct_start], offset)
                 for at in range(direct_start, direct_end, DIRECT_CHUNK):
-                    _write_all(self._direct_fd, view[at:min(at + DIRECT_CHUNK, direct_end)], at)
+                    self._write_direct(view[at:min(at + DIRECT_CHUNK, direct_end)], at, file_fd)
                 _write_all(file_fd, view[direct_end:end], direct_end)
+
+    def _write_direct(self, data: memoryview, offset: int, file_fd: int) -> None:
+        if self._direct_fd >= 0:
+            try:
+                _write_all(self._direct_fd, data, offset)
+                return
+            except OSError as error:
+                # Opened with O_DIRECT, yet its writes refused (a block larger than a page, ...).
+                if error.errno != errno.EINVAL:
+                    raise
+                log.debug("O_DIRECT writes refused (%s): the rest goes through the page cache",
+                          error.strerror)
+                os.close(self._direct_fd)
+                self._direct_fd = -1
+        _write_all(file_fd, data, offset)
 
     def close(self) -> None:
         try:
@@ -118,7 +135,8 @@ class Staging:
         except BufferError:     # a view of it is alive on an error path: it unmaps when it goes
             pass
         for fd in (self._memfd, self._direct_fd):
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         self._memfd = self._direct_fd = -1
 
 

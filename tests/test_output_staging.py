@@ -4,6 +4,7 @@ by the same readers, with the same holes."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from elftools.elf.elffile import ELFFile
 
 from conftest import clrmd_read, run_minidumper, start_app, stop_app
+from minidumper import output_staging
 from minidumper.output_staging import Staging
 from test_edge_output import memory_cgroup, run_in_cgroup, threads_in  # noqa: F401 (a fixture)
 
@@ -82,8 +84,13 @@ def test_a_heap_dump_staged_is_walked_and_read_whole(managed_app, memory_cgroup,
     assert seen["invalid_object_count"] == 0 and seen["histogram"] == live["histogram"]
 
 
-def test_write_out_puts_every_byte_where_the_mapping_had_it(tmp_path):
-    """Whole pages go with O_DIRECT, the partial pages at the ends through the page cache."""
+@pytest.mark.parametrize("alignment", [4096, 256])
+def test_write_out_puts_every_byte_where_the_mapping_had_it(tmp_path, monkeypatch, caplog,
+                                                            alignment):
+    """Whole pages go with O_DIRECT, the partial pages at the ends through the page cache. With
+    256-byte "pages", which no disk takes with O_DIRECT (EINVAL), all of it goes through the
+    page cache."""
+    monkeypatch.setattr(output_staging, "DIRECT_ALIGNMENT", alignment)
     path = tmp_path / "out"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -95,7 +102,8 @@ def test_write_out_puts_every_byte_where_the_mapping_had_it(tmp_path):
         pattern = bytes(range(251)) * (size // 251 + 1)
         staging.mapping[:] = pattern[:size]
         regions = [(0, 4096), (4096 + 17, 70_000), (200_000, 1 << 20), ((2 << 20) - 5, 1000)]
-        staging.write_out(regions, fd)
+        with caplog.at_level(logging.DEBUG, logger="minidumper.output_staging"):
+            staging.write_out(regions, fd)
         staging.close()
         written = path.read_bytes()
     finally:
@@ -104,3 +112,4 @@ def test_write_out_puts_every_byte_where_the_mapping_had_it(tmp_path):
     for offset, length in regions:
         expected[offset:offset + length] = pattern[offset:offset + length]
     assert written == bytes(expected)
+    assert ("O_DIRECT writes refused" in caplog.text) == (alignment == 256)
