@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from conftest import clrmd_read, run_minidumper, start_app, stop_app
+from conftest import MINIDUMPER, REPO, clrmd_read, run_minidumper, start_app, stop_app
+from interruptions import check_outcome, finish, wait_not_stopped
 from minidumper import output_staging
 from minidumper.output_staging import Staging
 from test_edge_output import memory_cgroup, run_in_cgroup, threads_in  # noqa: F401 (a fixture)
@@ -113,3 +116,36 @@ def test_write_out_puts_every_byte_where_the_mapping_had_it(tmp_path, monkeypatc
         expected[offset:offset + length] = pattern[offset:offset + length]
     assert written == bytes(expected)
     assert ("O_DIRECT writes refused" in caplog.text) == (alignment == 256)
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_a_signal_while_the_staged_copy_is_written(managed_app, memory_cgroup, tmp_path,
+                                                   signal_number):
+    """The target is running again by then: a signal ends the dumper as anywhere else (130, the
+    JSON object, no output; SIGKILL: no output), and the shared memory goes with it."""
+    plain = tmp_path / "plain.core"
+    assert run_minidumper("-p", str(managed_app.pid), "-o", str(plain), "--full").returncode == 0
+    limit = limit_that_stages(plain.stat().st_blocks * 512)
+    plain.unlink()
+    (memory_cgroup / "memory.limit_in_bytes").write_text(str(limit))
+    out = tmp_path / "x.core"
+    command = " ".join([*MINIDUMPER, "-p", str(managed_app.pid), "-o", str(out), "--full", "-v",
+                        "--json"])
+    dumper = subprocess.Popen(["sh", "-c", f"echo $$ > {memory_cgroup}/cgroup.procs && exec {command}"],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    said = []
+    for line in dumper.stderr:
+        said.append(line)
+        if "minidumper.pauses: pause:" in line:     # resumed: the staged copy is being written
+            dumper.send_signal(signal_number)
+            break
+    outcome = finish(dumper)
+    said.append(outcome.stderr)
+    assert any(STAGED in line for line in said), said
+    assert not any("the staged copy written" in line for line in said), "signalled too late"
+    if signal_number == signal.SIGKILL:
+        assert outcome.code == -signal.SIGKILL and list(tmp_path.iterdir()) == []
+        assert wait_not_stopped(managed_app.pid) not in "tT"
+    else:
+        check_outcome(outcome, out, {130}, target=managed_app)
+    managed_app.assert_running()
