@@ -31,6 +31,8 @@ _SWAPPED = bytes(1 if byte & SWAPPED else 0 for byte in range(256))
 def untouched(pid: int, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """The runs of at least MIN_RUN_PAGES pages of the given page-aligned ranges that hold only
     zeros for never having been written (see above). [] where pagemap cannot be read."""
+    if not ranges:
+        return []
     try:
         fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
