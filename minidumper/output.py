@@ -216,11 +216,14 @@ class OutputFile:
             return mapping
         return self._staging.mapping_of(size)
 
+    @property
+    def staged(self) -> bool:
+        """Whether the copy goes to a staging (copy_destination), for write_staged()."""
+        return self._staging is not None
+
     def write_staged(self, regions: list[tuple[int, int]]) -> None:
         """After the pause: the staged (offset, length) regions written to the file, and the
-        staging's memory given back. Nothing where the copy was not staged."""
-        if self._staging is None:
-            return
+        staging's memory given back."""
         started = time.monotonic()
         try:
             self._staging.write_out(regions, self.fd)

@@ -304,7 +304,8 @@ def _copy(paused, snapshot: ProcessSnapshot, plan: DumpPlan, clock: PauseClock,
     paused.resume()
     clock.mark("resume")
     log.debug("pause: %s", clock)
-    output.write_staged(file_regions(plan, writer.data_start, zeros, inside=False))
+    if output.staged:
+        output.write_staged(file_regions(plan, writer.data_start, zeros, inside=False))
     return writer.finish(), writer.copied_pieces()
 
 
@@ -315,18 +316,20 @@ def _untouched(pid: int, ranges: list[MemoryRange], anonymous: list[MemoryRange]
     the mappings, where known already."""
     from minidumper.engines.linux import pagemap
 
-    if anonymous is None:
-        anonymous = select.anonymous_extents(mappings)
-    return pagemap.untouched(pid, _worth_a_look(ranges, anonymous))
+    return pagemap.untouched(pid, _worth_a_look(ranges, anonymous, mappings))
 
 
-def _worth_a_look(ranges: list[MemoryRange], anonymous: list[MemoryRange]) -> list[tuple[int, int]]:
-    """The runs of the ranges that pagemap may find untouched: private anonymous, long enough."""
+def _worth_a_look(ranges: list[MemoryRange], anonymous: list[MemoryRange] | None,
+                  mappings: list[Mapping] | None = None) -> list[tuple[int, int]]:
+    """The runs of the ranges that pagemap may find untouched: private anonymous (anonymous, or
+    worked out from the mappings), long enough."""
     from minidumper.engines.linux import pagemap
 
     long_enough = [r for r in ranges if r.size >= pagemap.MIN_RUN_PAGES * PAGE_SIZE]
     if not long_enough:
         return []
+    if anonymous is None:
+        anonymous = select.anonymous_extents(mappings)
     return [(r.start, r.end) for r in select.clip_to(long_enough, anonymous)]
 
 
