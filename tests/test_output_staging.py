@@ -69,6 +69,8 @@ def test_a_full_dump_past_the_dirty_threshold_is_staged(managed_app, memory_cgro
     seen, live = clrmd_read("--dump", str(staged_core)), clrmd_read("--pid", str(managed_app.pid))
     assert seen["object_count"] == live["object_count"] > 1_000_000
     assert seen["invalid_object_count"] == 0 and seen["histogram"] == live["histogram"]
+    for core in (staged_core, plain_core):    # pytest keeps the last runs' files: 1 GB here
+        core.unlink()
 
 
 def test_a_heap_dump_staged_is_walked_and_read_whole(managed_app, memory_cgroup, tmp_path):
@@ -85,6 +87,8 @@ def test_a_heap_dump_staged_is_walked_and_read_whole(managed_app, memory_cgroup,
     seen, live = clrmd_read("--dump", str(core)), clrmd_read("--pid", str(managed_app.pid))
     assert seen["object_count"] == live["object_count"] > 1_000_000
     assert seen["invalid_object_count"] == 0 and seen["histogram"] == live["histogram"]
+    for dump in (core, tmp_path / "plain.core"):
+        dump.unlink()
 
 
 @pytest.mark.parametrize("alignment", [4096, 256])
