@@ -165,10 +165,15 @@ def memory_cgroup():
             time.sleep(0.1)
 
 
-def run_in_cgroup(group: Path, *args: str) -> subprocess.CompletedProcess:
+def in_cgroup(group: Path, *args: str) -> list[str]:
+    """The command line of minidumper with args, run inside the cgroup from its first line."""
     command = " ".join([*MINIDUMPER, *args])
-    return subprocess.run(["sh", "-c", f"echo $$ > {group}/cgroup.procs && exec {command}"],
-                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    return ["sh", "-c", f"echo $$ > {group}/cgroup.procs && exec {command}"]
+
+
+def run_in_cgroup(group: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(in_cgroup(group, *args), capture_output=True, text=True, cwd=REPO,
+                          timeout=300)
 
 
 @pytest.fixture

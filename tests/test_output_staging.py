@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from conftest import MINIDUMPER, REPO, clrmd_read, run_minidumper, start_app, stop_app
+from conftest import REPO, clrmd_read, run_minidumper, start_app, stop_app
 from interruptions import check_outcome, finish, wait_not_stopped
 from minidumper import output_staging
 from minidumper.output_staging import Staging
-from test_edge_output import memory_cgroup, run_in_cgroup, threads_in  # noqa: F401 (a fixture)
+from test_edge_output import in_cgroup, memory_cgroup, run_in_cgroup, threads_in  # noqa: F401 (a fixture)
 
 STAGED = "(staged in shared memory)"
 
@@ -133,9 +133,8 @@ def test_a_signal_while_the_staged_copy_is_written(managed_app, memory_cgroup, t
     plain.unlink()
     (memory_cgroup / "memory.limit_in_bytes").write_text(str(limit))
     out = tmp_path / "x.core"
-    command = " ".join([*MINIDUMPER, "-p", str(managed_app.pid), "-o", str(out), "--full", "-v",
-                        "--json"])
-    dumper = subprocess.Popen(["sh", "-c", f"echo $$ > {memory_cgroup}/cgroup.procs && exec {command}"],
+    dumper = subprocess.Popen(in_cgroup(memory_cgroup, "-p", str(managed_app.pid), "-o", str(out),
+                                        "--full", "-v", "--json"),
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     said = []
     for line in dumper.stderr:
