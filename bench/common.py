@@ -82,6 +82,14 @@ def resume_if_stopped(pid: int, wait_seconds: float = 2.0) -> str | None:
     return note
 
 
+def steal_seconds() -> float:
+    """CPU time the hypervisor gave to others while this VM's CPUs had work, summed over the
+    CPUs so far (/proc/stat): a target's gap that it explains was the host's, not the tool's."""
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import createdump as cd
-from common import MIB, log, resume_if_stopped, run_tool
+from common import MIB, log, resume_if_stopped, run_tool, steal_seconds
 from proc_sampler import PauseSampler
 from targets import Target, pause_of
 
@@ -47,6 +47,7 @@ class DumpRecord:
     pause_seconds: float = 0.0           # the target's longest gap during the run
     extra_gaps: int = 0                  # the target's other gaps >= 5 ms during the run
     extra_gap_seconds: float = 0.0
+    steal_seconds: float = 0.0           # the host's steal time on this VM's CPUs during the run
     self_paused_seconds: float | None = None   # minidumper's paused_seconds
     self_total_seconds: float | None = None    # the tool's own run time
     proc_pause_seconds: float | None = None    # from /proc sampling, with --proc-sampler
@@ -94,6 +95,7 @@ class DumpRunner:
         pid = self.target.pid
         sampler = PauseSampler(pid, 0.0002) if self.proc_sampler else None
         self.target.mark()
+        steal_before = steal_seconds()
         if sampler:
             sampler.__enter__()
         stdout = stderr = ""
@@ -116,6 +118,7 @@ class DumpRunner:
         finally:
             if sampler:
                 record.proc_pause_seconds = sampler.stop().any_thread_seconds
+        record.steal_seconds = steal_seconds() - steal_before
         record.left_stopped = resume_if_stopped(pid)
         record.wall_seconds = ended - started
         gaps = self.target.gaps()
