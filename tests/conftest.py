@@ -150,13 +150,27 @@ def pytest_configure(config):
             signal.signal(number, signal.default_int_handler if number == signal.SIGINT
                           else signal.SIG_DFL)
 RUNTIME_IPC_PREFIXES = ("clr-debug-pipe-", "dotnet-diagnostic-")
+_session_temp: list[Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remember_session_temp(tmp_path_factory):
+    _session_temp.append(tmp_path_factory.getbasetemp())
 
 
 def pytest_sessionfinish(session, exitstatus):
     """The fixtures end by SIGKILL, so their runtimes never remove their debugger pipes and
-    diagnostic sockets from /tmp: those of processes gone since this session began go now."""
+    diagnostic sockets from /tmp: those of processes gone since this session began go now.
+    A run that passed leaves no dumps either (some 5 GB, kept by pytest for three runs); a run
+    that failed keeps them to be looked at."""
     for directory in _reader_tmp:
         shutil.rmtree(directory, ignore_errors=True)
+    if exitstatus == pytest.ExitCode.OK:
+        for directory in _session_temp:
+            shutil.rmtree(directory, ignore_errors=True)
+            for link in directory.parent.glob("*-current"):
+                if link.is_symlink() and not link.exists():
+                    link.unlink()
     tmp = Path(os.environ.get("TMPDIR") or "/tmp")
     for entry in tmp.iterdir():
         if not entry.name.startswith(RUNTIME_IPC_PREFIXES):
