@@ -61,6 +61,18 @@ class ClrWalk:
     def close(self) -> None:
         self._process.close()
 
+    def wait_ready(self) -> None:
+        """Until the bridge's process has loaded .NET. A failure that is not fatal is left to
+        the warm-up, which meets it again."""
+        bridge = self._bridge
+        with self._fatal_failures_explained():
+            try:
+                self._process.wait_ready()
+            except (bridge.BridgeLoadError, bridge.NoClrRuntimeError):
+                raise
+            except bridge.ClrBridgeError as error:
+                log.debug("the bridge's process did not start: %s", error)
+
     def warm_up(self, depth: str) -> list[CLR_RANGE]:
         """The walk of the pause, done once on the running target before the pause: the pause
         then pays no first-call cost (JIT, ClrMD's and the DAC's start-up). Its ranges are an

@@ -131,6 +131,9 @@ def _dump_linux(pid: int, output: OutputFile, mode: DumpMode, progress: DumpProg
         # The pause's walk, once before it: a target with no CLR fails unpaused, the walk in the
         # pause finds ClrMD and the DAC warm, the CLR's heaps size the output, and what it found
         # is what the pause copies (pauses.write_core).
+        # A thread that starts after this is one the walk may not know: the pause walks the
+        # CLR held for it. So the window opens when the walk can start, not while .NET loads.
+        clr.wait_ready()
         thread_ids = set(targets.thread_ids(pid))
         clr_layout = clr.warm_up(modes.clr_depth(mode))
         known = pauses.Knowledge(clr_layout, thread_ids)

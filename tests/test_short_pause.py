@@ -5,6 +5,7 @@ short of what the walk needs is made again."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 from conftest import clrmd_read, run_minidumper
@@ -74,3 +75,34 @@ def test_a_plan_prepared_before_the_pause_is_the_plan_made_in_it(heap_app):
             assert all(a.end <= b.start for a, b in zip(quick.ranges, quick.ranges[1:]))
     assert procfs.alive(heap_app.pid)
     heap_app.assert_running()
+
+
+def test_a_thread_started_during_the_walk_before_the_pause_is_walked_again_not_in_it(
+        heap_app, tmp_path, monkeypatch, caplog):
+    # As if the fixture's newest thread had started while the walk before the pause ran: the
+    # first look at the thread list, made as that walk begins, does not see it.
+    import minidumper
+    from minidumper import targets
+    from minidumper.model import DumpMode
+
+    real_thread_ids = targets.thread_ids
+    looks = []
+
+    def newest_thread_late(pid):
+        ids = sorted(real_thread_ids(pid))
+        looks.append(ids)
+        return ids[:-1] if len(looks) == 1 else ids
+
+    monkeypatch.setattr(targets, "thread_ids", newest_thread_late)
+    caplog.set_level(logging.DEBUG, logger="minidumper")
+    core = tmp_path / "heap.core"
+    minidumper.write_dump(heap_app.pid, str(core), DumpMode.HEAP)
+    assert len(looks) == 2, looks
+    assert "1 threads started during the walk before the pause: walked again" in caplog.text
+    assert "walked on the copy" in caplog.text and "lacked 0 pages" in caplog.text, caplog.text
+    assert "walked in the pause" not in caplog.text, caplog.text
+    heap_app.assert_running()
+    seen, live = clrmd_read("--dump", str(core)), clrmd_read("--pid", str(heap_app.pid))
+    assert seen["errors"] == [] and seen["invalid_object_count"] == 0
+    for name in ("object_count", "histogram", "threads"):
+        assert seen[name] == live[name], name
