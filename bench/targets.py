@@ -33,6 +33,8 @@ TARGETS = {
                           "1000 parked threads"),
     "managed": TargetSpec("managed", "PauseTarget", ("--threads", "10", "--managed-mb", "4096"),
                           "4 GiB of small managed objects (40 bytes each, 107 M)", 900.0),
+    "churn": TargetSpec("churn", "PauseTarget", ("--threads", "10", "--churn-ms", "200"),
+                        "10 parked threads; a short-lived thread starts every 200 ms"),
     "aspnet": TargetSpec("aspnet", "AspNetTarget", (),
                          "an idle ASP.NET Core app (Kestrel, minimal API, warmed by 150 requests)"),
 }

@@ -1,6 +1,8 @@
 // A bench target: native memory, many small managed objects, parked threads, and a thread that
 // stamps the clock (ClockStamper) so the target measures its own pauses.
-// usage: PauseTarget [--native-mb N] [--managed-mb M] [--threads K] [--gap-ms G]
+// usage: PauseTarget [--native-mb N] [--managed-mb M] [--threads K] [--gap-ms G] [--churn-ms C]
+// --churn-ms C: every C ms a short-lived thread starts, allocates a little and ends, as a
+// service's thread pool adds and retires workers now and then.
 using System;
 using System.Runtime.InteropServices;
 using System.Threading;
@@ -21,7 +23,7 @@ public static class Program
     public static int Main(string[] args)
     {
         int nativeMb = 0, managedMb = 0, threads = 10;
-        double gapMs = 1.0;
+        double gapMs = 1.0, churnMs = 0;
         for (int i = 0; i + 1 < args.Length; i += 2)
         {
             switch (args[i])
@@ -30,6 +32,7 @@ public static class Program
                 case "--managed-mb": managedMb = int.Parse(args[i + 1]); break;
                 case "--threads": threads = int.Parse(args[i + 1]); break;
                 case "--gap-ms": gapMs = double.Parse(args[i + 1], System.Globalization.CultureInfo.InvariantCulture); break;
+                case "--churn-ms": churnMs = double.Parse(args[i + 1], System.Globalization.CultureInfo.InvariantCulture); break;
                 default: Console.Error.WriteLine($"unknown option {args[i]}"); return 2;
             }
         }
@@ -45,6 +48,8 @@ public static class Program
         GC.WaitForPendingFinalizers();
         GC.Collect();
 
+        if (churnMs > 0)
+            new Thread(() => Churn(churnMs)) { IsBackground = true, Name = "churn" }.Start();
         var stamper = new ClockStamper(gapMs);
         stamper.Start();
         Console.Out.WriteLine($"READY {Environment.ProcessId}");
@@ -52,6 +57,24 @@ public static class Program
         stamper.Serve();
         GC.KeepAlive(s_chains);
         return 0;
+    }
+
+    static void Churn(double everyMs)
+    {
+        var random = new Random(1);
+        while (true)
+        {
+            Thread.Sleep(TimeSpan.FromMilliseconds(everyMs));
+            int lifeMs = random.Next(5, 50);
+            new Thread(() =>
+            {
+                var work = new System.Collections.Generic.List<SmallRecord>();
+                for (int i = 0; i < 1000; i++)
+                    work.Add(new SmallRecord { Key = i });
+                Thread.Sleep(lifeMs);
+                GC.KeepAlive(work);
+            }) { IsBackground = true, Name = "short-lived" }.Start();
+        }
     }
 
     static unsafe void AllocateNative(int megabytes)
