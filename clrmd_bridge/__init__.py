@@ -15,3 +15,4 @@ from .runtime import ClrMemory as ClrMemory
 from .runtime import ClrReadout as ClrReadout
 from .runtime import MemoryCopy as MemoryCopy
 from .runtime import read_clr as read_clr
+from .runtime import threads_depth as threads_depth

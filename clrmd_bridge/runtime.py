@@ -20,6 +20,19 @@ from .errors import ClrReadError, NoClrRuntimeError
 log = logging.getLogger(__name__)
 
 DEPTHS = ("mini", "heap", "layout")
+THREADS_DEPTH_PREFIX = "threads:"
+
+
+def threads_depth(thread_ids) -> str:
+    """The depth that walks only these threads' stacks (the ids the CLR knows them by)."""
+    return THREADS_DEPTH_PREFIX + ",".join(str(tid) for tid in sorted(thread_ids))
+
+
+def _valid_depth(depth: str) -> bool:
+    if depth in DEPTHS:
+        return True
+    ids = depth.removeprefix(THREADS_DEPTH_PREFIX)
+    return ids != depth and all(tid.isdigit() for tid in ids.split(",") if tid)
 USER_REGS_SIZE = 27 * 8     # struct user_regs_struct on x86-64 Linux, as NT_PRSTATUS holds it
 
 # Kind names of ClrMemory, in ClrMD's vocabulary.
@@ -99,14 +112,15 @@ def read_clr(pid: int, thread_registers: dict[int, bytes], depth: str, *,
     ``thread_registers`` maps each thread id to its raw x86-64 ``user_regs_struct`` (NT_PRSTATUS),
     which the DAC gets as the thread's context. ``depth`` is "mini" (managed stacks), "heap"
     (stacks, plus GC segments, native heaps, handles, roots, every object's type) or "layout"
-    (GC segments and native heaps only: quick, and safe on a target nobody holds).
+    (GC segments and native heaps only: quick, and safe on a target nobody holds); or
+    threads_depth(ids): those threads' stacks and what the DAC says a minidump needs.
     ``dac_path`` is the runtime's libmscordaccore.so for the target's exact runtime version;
     None takes the one beside the target's libcoreclr.so. Nothing is ever downloaded.
     ``copy``: the walk reads this copy of the target's memory instead of the target (which may
     run again); the pages it lacked come back as DAC_READ_MISSED ranges.
     """
-    if depth not in DEPTHS:
-        raise ValueError(f"depth must be one of {DEPTHS}, not {depth!r}")
+    if not _valid_depth(depth):
+        raise ValueError(f"depth must be one of {DEPTHS} or threads_depth(ids), not {depth!r}")
     for tid, regs in thread_registers.items():
         if len(regs) != USER_REGS_SIZE:
             raise ValueError(f"registers of thread {tid} are {len(regs)} bytes, not {USER_REGS_SIZE}")

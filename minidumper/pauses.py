@@ -3,11 +3,11 @@
 Short pause: the memory that the CLR walk before the pause found is copied into the output, the
 target resumed, and the CLR walked on that copy, never on the running target. The copy is the dump
 when the walk found everything it needed in it. Where it did not (the target changed since the
-walk before: new GC regions, new types, new threads), the copy is made again with what the walk
-found, once. After that, where threads started since the CLR was last walked (their CLR objects
-are unknown to the copy), or where the bridge failed on the copy (crashed, or looped past a
-bound), the CLR is walked while the target is held, as long as that takes: the plan is then
-exact.
+walk before: new GC regions, new types), the copy is made again with what the walk found, once.
+Threads started since the CLR was last walked have CLR objects no walk has seen: their stacks are
+walked in the pause, and copied with the rest. After that, or where the bridge failed on the copy
+(crashed, or looped past a bound), the CLR is walked while the target is held, as long as that
+takes: the plan is then exact.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Protocol
 
 from minidumper import targets
 from minidumper.clr_walk import ClrWalk
-from minidumper.errors import TargetExitedError
+from minidumper.errors import ClrReadFailedError, TargetExitedError
 from minidumper.model import PAGE_SIZE, DumpMode, DumpPlan, Mapping, MemoryRange, ProcessSnapshot
 from minidumper.output import OutputFile
 from minidumper.plan import modes, select
@@ -179,7 +179,7 @@ def _copy_then_walk(pid: int, output: OutputFile, mode: DumpMode, progress: Dump
                     clr: ClrWalk, known: Knowledge, copy_path: str, pause_timeout: float) -> _Attempt:
     """One short pause, then the walk on its copy; or, where threads started since the CLR was
     last walked, the CLR walked in this pause."""
-    from clrmd_bridge import MemoryCopy
+    from clrmd_bridge import MemoryCopy, threads_depth
 
     # What can be known before the pause is not worked out in it.
     prepared = _prepare(pid, mode, known.clr_ranges)
@@ -187,19 +187,20 @@ def _copy_then_walk(pid: int, output: OutputFile, mode: DumpMode, progress: Dump
     with _paused(pid, pause_timeout) as (paused, snapshot, clock):
         # New threads' CLR objects are in memory that no walk has seen. The walk on the copy
         # would read them from the running target, where a short-lived thread's are gone by
-        # then: the DAC then loops or crashes (measured: half the dumps of a busy target).
-        started = {t.tid for t in snapshot.threads} - known.thread_ids
+        # then: the DAC then loops or crashes (measured: half the dumps of a busy target). So
+        # their stacks are walked here, and copied with what the walk before found.
+        started = [t.target_tid for t in snapshot.threads if t.tid not in known.thread_ids]
         if started:
-            log.debug("%d threads started since the CLR was last walked: walked in the pause",
-                      len(started))
-            plan, (size, pieces) = _walk_held(paused, snapshot, clock, output, mode, progress, clr)
+            log.debug("%d threads started since the CLR was last walked: their stacks walked "
+                      "in the pause", len(started))
+            plan, (size, pieces) = _walk_held(paused, snapshot, clock, output, mode, progress, clr,
+                                              threads_depth(started), known.clr_ranges,
+                                              prepared, looked_ahead)
         else:
             plan = select.select(snapshot, mode, paused.memory.read, prepared=prepared)
             size, pieces = _copy(paused, snapshot, plan, clock, output, progress, prepared,
                                  looked_ahead=looked_ahead)
     written = Written(snapshot, plan, size, paused.paused_seconds)
-    if started:
-        return _Attempt(written)
     walk_started = time.monotonic()
     registers = {t.target_tid: t.prstatus_regs for t in snapshot.threads}
     clr_ranges = clr.walk_copy(registers, modes.clr_depth(mode), MemoryCopy(copy_path, pieces))
@@ -254,21 +255,33 @@ def _paused(pid: int, pause_timeout: float) -> Iterator[tuple]:
 
 
 def _walk_held(paused, snapshot: ProcessSnapshot, clock: PauseClock, output: OutputFile,
-               mode: DumpMode, progress: DumpProgress | None,
-               clr: ClrWalk | None) -> tuple[DumpPlan, tuple[int, list[tuple[int, int, int]]]]:
-    """In the pause: the CLR walked on the held target, the plan made, the memory copied. The
+               mode: DumpMode, progress: DumpProgress | None, clr: ClrWalk | None,
+               depth: str | None = None, known_ranges: list[CLR_RANGE] | None = None,
+               prepared: select.Prepared | None = None, looked_ahead: LookAhead | None = None,
+               ) -> tuple[DumpPlan, tuple[int, list[tuple[int, int, int]]]]:
+    """In the pause: the CLR walked on the held target (at the mode's depth, or at depth with
+    known_ranges, what an earlier walk found, added), the plan made, the memory copied. The
     target is resumed as soon as its memory is in the output."""
     if clr:
         # Keyed by the ids the CLR knows its threads by: those of the target's pid namespace.
         clr.start_walk({t.target_tid: t.prstatus_regs for t in snapshot.threads},
-                       modes.clr_depth(mode))
+                       depth or modes.clr_depth(mode))
     # While the bridge's process walks the CLR, this one plans the rest.
     native_ranges = select.native_part(snapshot, mode, paused.memory.read)
     clock.mark("native plan")
-    clr_ranges = clr.finish_walk() if clr else []
+    clr_ranges = list(known_ranges or [])
+    if clr and known_ranges is not None:
+        try:
+            clr_ranges += clr.finish_walk()
+        except ClrReadFailedError as error:
+            # Only the threads' part is lost: the walk on the copy finds it lacking.
+            log.debug("the walk of the new threads failed: %s", error.__cause__ or error)
+    elif clr:
+        clr_ranges = clr.finish_walk()
     clock.mark("CLR walk")
     plan = select.select(snapshot, mode, paused.memory.read, clr_ranges, native_ranges)
-    return plan, _copy(paused, snapshot, plan, clock, output, progress)
+    return plan, _copy(paused, snapshot, plan, clock, output, progress, prepared,
+                       looked_ahead=looked_ahead)
 
 
 def _copy(paused, snapshot: ProcessSnapshot, plan: DumpPlan, clock: PauseClock,

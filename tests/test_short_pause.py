@@ -8,6 +8,8 @@ import json
 import logging
 import os
 
+import pytest
+
 from conftest import clrmd_read, run_minidumper
 
 FOUND = ("object_count", "histogram", "roots", "handles", "segments", "threads", "version_string")
@@ -106,3 +108,30 @@ def test_a_thread_started_during_the_walk_before_the_pause_is_walked_again_not_i
     assert seen["errors"] == [] and seen["invalid_object_count"] == 0
     for name in ("object_count", "histogram", "threads"):
         assert seen[name] == live[name], name
+
+
+@pytest.mark.parametrize("mode", ["heap", "mini"])
+def test_a_thread_the_walks_before_the_pause_did_not_know_is_walked_in_it_alone(
+        heap_app, tmp_path, monkeypatch, caplog, mode):
+    # As if the fixture's newest thread had started after both looks at the thread list before
+    # the pause: the pause finds it, walks its stack alone while the target is held, copies that
+    # with the rest, and the walk on the copy finds nothing lacking.
+    import minidumper
+    from minidumper import targets
+    from minidumper.model import DumpMode
+
+    real_thread_ids = targets.thread_ids
+    monkeypatch.setattr(targets, "thread_ids", lambda pid: sorted(real_thread_ids(pid))[:-1])
+    caplog.set_level(logging.DEBUG, logger="minidumper")
+    core = tmp_path / f"{mode}.core"
+    minidumper.write_dump(heap_app.pid, str(core), DumpMode(mode))
+    assert "1 threads started since the CLR was last walked: their stacks walked in the pause" \
+        in caplog.text, caplog.text
+    pauses = [line for line in caplog.text.splitlines() if "pause: snapshot" in line]
+    assert len(pauses) == 1 and "CLR walk" in pauses[0], pauses
+    assert "walked on the copy" in caplog.text and "lacked 0 pages" in caplog.text, caplog.text
+    heap_app.assert_running()
+    seen, live = clrmd_read("--dump", str(core)), clrmd_read("--pid", str(heap_app.pid))
+    assert seen["errors"] == [] and seen["threads"] == live["threads"]
+    if mode == "heap":
+        assert seen["invalid_object_count"] == 0 and seen["histogram"] == live["histogram"]

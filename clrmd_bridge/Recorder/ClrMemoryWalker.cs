@@ -49,7 +49,9 @@ namespace ClrmdBridge
         /// <param name="threadIds">OS thread ids, one per register record.</param>
         /// <param name="userRegs">The threads' x86-64 user_regs_struct records, concatenated.</param>
         /// <param name="depth">"mini": the managed stacks; "heap": stacks, the CLR's memory and every
-        /// object's type; "layout": the CLR's memory only, a quick look at a running target.</param>
+        /// object's type; "layout": the CLR's memory only, a quick look at a running target;
+        /// "threads:ID,ID,...": the stacks of those threads only, and what the DAC says a minidump
+        /// needs (in a pause, for threads that started since the last walk).</param>
         /// <param name="dacPath">The runtime's data-access library (libmscordaccore.so) matching the
         /// target's runtime; ClrMD 4 no longer looks for it off Windows. Empty: let ClrMD look
         /// (Windows only). The caller vouches for the match: ClrMD reads .NET 10's version as 0.0,
@@ -83,12 +85,14 @@ namespace ClrmdBridge
 
         private static ClrWalkResult Walk(int pid, uint[] threadIds, byte[] userRegs, string depth, string dacPath, CopiedMemory? copy)
         {
-            (bool walkStacks, bool listMemory, bool walkObjects) = depth switch
+            HashSet<uint>? onlyThreads = depth.StartsWith(ThreadsDepthPrefix, StringComparison.Ordinal)
+                ? ParseThreadIds(depth.Substring(ThreadsDepthPrefix.Length)) : null;
+            (bool walkStacks, bool listMemory, bool walkObjects) = onlyThreads is not null ? (true, false, false) : depth switch
             {
                 "mini" => (true, false, false),
                 "heap" => (true, true, true),
                 "layout" => (false, true, false),
-                _ => throw new ArgumentException($"depth must be \"mini\", \"heap\" or \"layout\", not \"{depth}\""),
+                _ => throw new ArgumentException($"depth must be \"mini\", \"heap\", \"layout\" or \"threads:ID,...\", not \"{depth}\""),
             };
             Dictionary<uint, UserRegsStruct> registers = SplitRegisters(threadIds, userRegs);
 
@@ -108,10 +112,11 @@ namespace ClrmdBridge
             string version = RuntimeVersionReader.Read(reader, clr.ModuleInfo.ImageBase)
                 ?? (clr.Version.Major != 0 ? clr.Version.ToString() : "");
             MethodToucher? methods = walkStacks ? new MethodToucher(runtime) : null;
-            (int threadsWalked, int managedFrames) = methods is not null ? WalkThreads(runtime, warnings, methods) : (0, 0);
+            (int threadsWalked, int managedFrames) = methods is not null ? WalkThreads(runtime, warnings, methods, onlyThreads) : (0, 0);
             if (walkStacks)   // clrstack -a
-                Step(warnings, "arguments and locals", () => FrameValueToucher.TouchThreads(runtime));
-            Step(warnings, "modules", () => ListModules(runtime, memory));
+                Step(warnings, "arguments and locals", () => FrameValueToucher.TouchThreads(runtime, onlyThreads));
+            if (onlyThreads is null)
+                Step(warnings, "modules", () => ListModules(runtime, memory));
             if (listMemory)
                 Step(warnings, "ReadyToRun sections", () =>
                 {
@@ -133,7 +138,8 @@ namespace ClrmdBridge
                 bool warmedUp = registers.Count > 0 && LoadedMethodLookups.Has(pid, clr.ModuleInfo.ImageBase);
                 if (walkObjects)
                     Step(warnings, "method table slots", () => methods.TouchSlots(warmedUp ? Array.Empty<ulong>() : typesTouched));
-                Step(warnings, "assemblies", methods.TouchAssemblies);
+                if (onlyThreads is null)
+                    Step(warnings, "assemblies", methods.TouchAssemblies);
                 methods.Release();
                 Step(warnings, "the DAC's memory regions", () => AddDacRegions(runtime, reader, memory, heap: walkObjects));
             }
@@ -176,12 +182,23 @@ namespace ClrmdBridge
             return registers;
         }
 
-        private static (int Threads, int ManagedFrames) WalkThreads(ClrRuntime runtime, List<string> warnings, MethodToucher methods)
+        private const string ThreadsDepthPrefix = "threads:";
+
+        private static HashSet<uint> ParseThreadIds(string ids)
+        {
+            HashSet<uint> parsed = new();
+            foreach (string id in ids.Split(',', StringSplitOptions.RemoveEmptyEntries))
+                parsed.Add(uint.Parse(id, System.Globalization.CultureInfo.InvariantCulture));
+            return parsed;
+        }
+
+        private static (int Threads, int ManagedFrames) WalkThreads(ClrRuntime runtime, List<string> warnings, MethodToucher methods,
+                                                                    HashSet<uint>? onlyThreads)
         {
             int walked = 0, managedFrames = 0;
             foreach (ClrThread thread in runtime.Threads)
             {
-                if (!thread.IsAlive)
+                if (!thread.IsAlive || (onlyThreads is not null && !onlyThreads.Contains(thread.OSThreadId)))
                     continue;
 
                 walked++;
@@ -230,10 +247,18 @@ namespace ClrmdBridge
                     if (module.MetadataAddress != 0 && module.MetadataLength != 0)
                         memory.Add(module.MetadataAddress, module.MetadataAddress + module.MetadataLength, ModuleMetadata);
             });
+            // On Linux committed and reserved: what the GC commits of a segment between this walk
+            // and a pause turns readable in the pause's mappings, and the plan takes it from
+            // there (the rest is clipped away as unreadable), not from a second pause. dbghelp
+            // (Windows) reads what it is given, so there only the committed memory.
+            bool withReserve = OperatingSystem.IsLinux();
             Step(warnings, "GC segments", () =>
             {
                 foreach (ClrSegment segment in gc.Segments)
-                    memory.Add(segment.CommittedMemory, $"GCSegment:{segment.Kind}");
+                {
+                    ulong end = withReserve ? Math.Max(segment.CommittedMemory.End, segment.ReservedMemory.End) : segment.CommittedMemory.End;
+                    memory.Add(segment.CommittedMemory.Start, end, $"GCSegment:{segment.Kind}");
+                }
             });
             Step(warnings, "native heaps", () =>
             {

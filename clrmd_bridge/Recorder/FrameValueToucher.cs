@@ -19,6 +19,7 @@ namespace ClrmdBridge
         private const int SlotEnumTask = 5;
         private const int SlotEndEnumTasks = 6;
         private const int SlotCreateStackWalk = 11;        // IXCLRDataTask
+        private const int SlotGetOSThreadID = 12;
         private const int SlotNext = 5;                    // IXCLRDataStackWalk
         private const int SlotGetFrame = 8;
         private const int SlotGetContext = 4;              // IXCLRDataFrame
@@ -40,8 +41,9 @@ namespace ClrmdBridge
         private const int MaxFrames = 4096;                // a runaway walk stops here
         private const uint MaxValueBytes = 1 << 20;        // a struct on the stack; more is a misread
 
-        /// <summary>Walks the stack of every thread the CLR knows.</summary>
-        public static void TouchThreads(ClrRuntime runtime)
+        /// <summary>Walks the stack of every thread the CLR knows, or of those of <paramref name="onlyThreads"/>
+        /// (OS thread ids).</summary>
+        public static void TouchThreads(ClrRuntime runtime, HashSet<uint>? onlyThreads = null)
         {
             IntPtr process = DacMemoryEnumerator.FindClrDataProcess(runtime)
                 ?? throw new InvalidOperationException("ClrMD's IXCLRDataProcess was not found (ClrMD's internals changed)");
@@ -61,7 +63,8 @@ namespace ClrmdBridge
                 {
                     try
                     {
-                        TouchStack(task, codeAsked);
+                        if (onlyThreads is null || onlyThreads.Contains(OSThreadId(task)))
+                            TouchStack(task, codeAsked);
                     }
                     finally
                     {
@@ -73,6 +76,13 @@ namespace ClrmdBridge
             {
                 _ = endEnumTasks(process, handle);
             }
+        }
+
+        private static uint OSThreadId(IntPtr task)
+        {
+            uint id;
+            var getOSThreadID = (delegate* unmanaged<IntPtr, uint*, int>)DacMemoryEnumerator.VTableSlot(task, SlotGetOSThreadID);
+            return getOSThreadID(task, &id) == S_OK ? id : 0;
         }
 
         private static void TouchStack(IntPtr task, HashSet<ulong> codeAsked)
