@@ -294,7 +294,7 @@ def _copy(paused, snapshot: ProcessSnapshot, plan: DumpPlan, clock: PauseClock,
     whose place in the file was left a hole (never written when looked at before the pause).
     looked_ahead: pagemap's look at the prepared plan before the pause (_look_ahead)."""
     from minidumper.engines.linux.core_writer import CoreWriter, file_regions
-    from minidumper.engines.linux.memory import address_of
+    from minidumper.engines.linux.memory import address_of, copy_workers
 
     if log.isEnabledFor(logging.DEBUG):   # the sums take a millisecond of the pause
         log.debug("plan: %d ranges, %d bytes: %s", len(plan.ranges), plan.total_bytes,
@@ -327,7 +327,7 @@ def _copy(paused, snapshot: ProcessSnapshot, plan: DumpPlan, clock: PauseClock,
         output.allocate(file_regions(plan, writer.data_start, _written_since(holes, zeros), inside=True))
     # The target's memory goes straight into the file's pages: one copy, then resume.
     with address_of(mapping) as destination:
-        writer.fill(paused.memory, destination, advance, zeros)
+        writer.fill(paused.memory, destination, advance, zeros, copy_workers())
     clock.mark("copy")
     paused.resume()
     clock.mark("resume")

@@ -74,6 +74,57 @@ def test_fill_many_reads_batches_and_keeps_what_is_readable_around_a_hole(tmp_pa
         assert destination[700 * 100:700 * 100 + PAGE_SIZE] == b"A" * PAGE_SIZE
 
 
+def test_a_large_copy_shared_between_threads_reads_as_one_thread_reads_it(tmp_path):
+    # In the pause a large copy is shared by threads (copy_workers()): the same runs, in the
+    # same order, the same bytes, a hole kept as a hole; and no thread outlives the reading.
+    import threading
+
+    own = os.urandom(96 << 20)
+    base = _buffer_address(own)
+    with three_pages_two_faulting(tmp_path) as hole:
+        wanted = [(base, base + (40 << 20) + 123), (hole, hole + 3 * PAGE_SIZE),
+                  (base + (40 << 20) + 123, base + (96 << 20))]
+        wanted += [(base + i * PAGE_SIZE, base + i * PAGE_SIZE + 64) for i in range(0, 3000, 7)]
+        size = sum(end - start for start, end in wanted)
+        copies = {}
+        for workers in (1, 3):
+            destination = bytearray(size)
+            with address_of(destination) as pointer:
+                pieces, offset = [], 0
+                for start, end in wanted:
+                    pieces.append((start, end, pointer + offset))
+                    offset += end - start
+                runs = list(ProcessMemory(os.getpid()).fill_many(pieces, workers))
+            copies[workers] = (runs, destination)
+        (one_runs, one_bytes), (shared_runs, shared_bytes) = copies[1], copies[3]
+        assert _coalesced(shared_runs) == _coalesced(one_runs)
+        assert [i for i, _, _ in shared_runs] == sorted(i for i, _, _ in shared_runs)
+        assert (1, hole, PAGE_SIZE) in shared_runs and (1, hole, PAGE_SIZE) in one_runs
+        assert shared_bytes == one_bytes
+        assert shared_bytes[:1 << 20] == own[:1 << 20] and shared_bytes[-64:] == own[2996 * PAGE_SIZE:2996 * PAGE_SIZE + 64]
+
+        # A reading given up after its first run stops and joins its helpers.
+        before = threading.active_count()
+        destination = bytearray(size)
+        with address_of(destination) as pointer:
+            reading = ProcessMemory(os.getpid()).fill_many([(base, base + (96 << 20), pointer)], 3)
+            next(reading)
+            reading.close()
+        assert threading.active_count() == before
+
+
+def _coalesced(runs):
+    """Runs as (index, start, end), adjacent ones of a piece joined: a piece may come back in
+    chunks."""
+    joined = []
+    for index, address, length in runs:
+        if joined and joined[-1][0] == index and joined[-1][2] == address:
+            joined[-1][2] = address + length
+        else:
+            joined.append([index, address, address + length])
+    return joined
+
+
 def _buffer_address(data: bytes) -> int:
     return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
 
@@ -212,8 +263,8 @@ def test_memory_never_touched_is_zeros_in_the_core_without_being_read(tmp_path, 
         asked: list[tuple[int, int]] = []
         read_many = ProcessMemory.fill_many
         monkeypatch.setattr(ProcessMemory, "fill_many",
-                            lambda self, pieces: (asked.extend((s, e) for s, e, _ in pieces),
-                                                  read_many(self, pieces))[1])
+                            lambda self, pieces, workers=1: (asked.extend((s, e) for s, e, _ in pieces),
+                                                             read_many(self, pieces, workers))[1])
         core = tmp_path / "sparse.core"
         minidumper.write_dump(child.pid, str(core), DumpMode.FULL)
         read_of_it = sum(max(0, min(e, address + size) - max(s, address)) for s, e in asked)

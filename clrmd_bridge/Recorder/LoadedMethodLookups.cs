@@ -41,7 +41,10 @@ namespace ClrmdBridge
             (int, ulong) key = (pid, runtimeBase);
             if (!held)
             {
+                System.Diagnostics.Stopwatch clock = System.Diagnostics.Stopwatch.StartNew();
                 HashSet<ulong> loadedTypes = AllLoadedTypes(runtime);
+                Timings.Say($"loaded types ({loadedTypes.Count})", clock);
+                clock.Restart();
                 MethodToucher methods = new(runtime);
                 try
                 {
@@ -52,7 +55,10 @@ namespace ClrmdBridge
                     methods.Release();
                 }
 
+                Timings.Say($"their slots' lookups ({methods.MethodCount} methods)", clock);
+                clock.Restart();
                 FieldTypeLookups.Touch(runtime, reader, loadedTypes, FieldBudget);
+                Timings.Say("their fields' types", clock);
 
                 // Every page this walk read so far: the lookups also went through pages that it
                 // read before them (range sections, ReadyToRun info), which the walk in the pause

@@ -23,7 +23,8 @@ PIECE = tuple[int, memoryview]
 
 
 class MemorySource(Protocol):
-    def fill_many(self, pieces: list[tuple[int, int, int]]) -> Iterable[tuple[int, int, int]]: ...
+    def fill_many(self, pieces: list[tuple[int, int, int]],
+                  workers: int = 1) -> Iterable[tuple[int, int, int]]: ...
 
 
 class OutputSink(Protocol):
@@ -189,12 +190,13 @@ class CoreWriter:
 
     def fill(self, memory: MemorySource, destination: int,
              progress: Callable[[int], None] | None = None,
-             zeros: list[tuple[int, int]] = ()) -> None:
+             zeros: list[tuple[int, int]] = (), workers: int = 1) -> None:
         """Reads every planned range into its place in the mapped file, which starts at address
         destination. Unreadable pages stay zero there and out of the segments, unless there are
         too many holes to list. zeros: sorted runs of memory known to read as zeros (never
         touched): put in the segments without reading, the file's zero pages standing for them
-        (the file must be new, or cut to nothing since)."""
+        (the file must be new, or cut to nothing since). workers: threads that share the
+        reading."""
         reads: list[tuple[int, int, int]] = []       # (start, end, file offset)
         skipped: list[tuple[int, int, int]] = []
         for start, end, offset, zero in _pieces_in_file(self._plan, self._offset, zeros):
@@ -205,12 +207,20 @@ class CoreWriter:
         # runs again (thousands of lookups with a thousand threads).
         placed = self._placed
         next_skipped = 0
-        for index, address, length in memory.fill_many(pieces):
-            while next_skipped < len(skipped) and skipped[next_skipped][0] < address:
-                next_skipped = self._place_skipped(skipped, next_skipped, progress)
-            placed.append((address, length, reads[index][2] + address - reads[index][0], None))
-            if progress:
-                progress(length)
+        reading = memory.fill_many(pieces, workers)
+        try:
+            for index, address, length in reading:
+                while next_skipped < len(skipped) and skipped[next_skipped][0] < address:
+                    next_skipped = self._place_skipped(skipped, next_skipped, progress)
+                placed.append((address, length, reads[index][2] + address - reads[index][0], None))
+                if progress:
+                    progress(length)
+        finally:
+            # At once on every path: a reading's helper threads stop before the caller
+            # closes the mapping they write into.
+            close = getattr(reading, "close", None)
+            if close is not None:
+                close()
         while next_skipped < len(skipped):
             next_skipped = self._place_skipped(skipped, next_skipped, progress)
         for synthetic in self._plan.synthetic:
