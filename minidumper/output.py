@@ -16,6 +16,7 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Callable
 
 from minidumper import memory_budget, output_staging
 from minidumper.errors import OutputError, UsageError
@@ -221,12 +222,13 @@ class OutputFile:
         """Whether the copy goes to a staging (copy_destination), for write_staged()."""
         return self._staging is not None
 
-    def write_staged(self, regions: list[tuple[int, int]]) -> None:
-        """After the pause: the staged (offset, length) regions written to the file, and the
-        staging's memory given back."""
+    def write_staged(self, regions: list[tuple[int, int]],
+                     advance: Callable[[int], None] | None = None) -> None:
+        """After the pause: the staged (offset, length) regions written to the file (advance
+        told the bytes as they go), and the staging's memory given back."""
         started = time.monotonic()
         try:
-            self._staging.write_out(regions, self.fd)
+            self._staging.write_out(regions, self.fd, advance)
         except OSError as error:
             self._raise_if_full(error)
             raise OutputError(f"writing {self.path} failed: {describe_os_error(error)}") from error

@@ -18,6 +18,7 @@ import errno
 import logging
 import mmap
 import os
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +98,12 @@ class Staging:
             self.mapping = mmap.mmap(self._memfd, size)
         return self.mapping
 
-    def write_out(self, regions: list[tuple[int, int]], file_fd: int) -> None:
+    def write_out(self, regions: list[tuple[int, int]], file_fd: int,
+                  advance: Callable[[int], None] | None = None) -> None:
         """Writes the staged (offset, length) regions to the file: whole pages with O_DIRECT, any
         partial page at either end through the page cache (file_fd); all of it through the page
-        cache from the first O_DIRECT write the file system refuses. Raises OSError."""
+        cache from the first O_DIRECT write the file system refuses. advance: told the bytes
+        written, as they are. Raises OSError."""
         with memoryview(self.mapping) as view:
             for offset, length in regions:
                 end = offset + length
@@ -108,11 +111,16 @@ class Staging:
                 direct_end = max(direct_start, end // DIRECT_ALIGNMENT * DIRECT_ALIGNMENT)
                 if direct_start == direct_end:
                     _write_all(file_fd, view[offset:end], offset)
-                    continue
-                _write_all(file_fd, view[offset:direct_start], offset)
-                for at in range(direct_start, direct_end, DIRECT_CHUNK):
-                    self._write_direct(view[at:min(at + DIRECT_CHUNK, direct_end)], at, file_fd)
-                _write_all(file_fd, view[direct_end:end], direct_end)
+                else:
+                    _write_all(file_fd, view[offset:direct_start], offset)
+                    for at in range(direct_start, direct_end, DIRECT_CHUNK):
+                        chunk_end = min(at + DIRECT_CHUNK, direct_end)
+                        self._write_direct(view[at:chunk_end], at, file_fd)
+                        if advance:
+                            advance(chunk_end - at)
+                    _write_all(file_fd, view[direct_end:end], direct_end)
+                if advance:
+                    advance(length - (direct_end - direct_start))
 
     def _write_direct(self, data: memoryview, offset: int, file_fd: int) -> None:
         if self._direct_fd >= 0:

@@ -301,10 +301,11 @@ def _copy(paused, snapshot: ProcessSnapshot, plan: DumpPlan, clock: PauseClock,
                   plan.bytes_by_kind())
     writer = CoreWriter(output, snapshot, plan)
     clock.mark("plan")
-    if progress:
-        progress.start(plan.total_bytes)
-    advance: Callable[[int], None] | None = progress.advance if progress else None
     mapping = output.copy_destination(writer.planned_size)
+    if progress:
+        # A staged copy is written once more after the resume: the bar counts both.
+        progress.start(plan.total_bytes * (2 if output.staged else 1))
+    advance: Callable[[int], None] | None = progress.advance if progress else None
     if mapping is None:
         log.debug("the output cannot be mapped: writing while the target is paused")
         return writer.write(paused.stream(plan.ranges), advance), writer.copied_pieces()
@@ -333,7 +334,10 @@ def _copy(paused, snapshot: ProcessSnapshot, plan: DumpPlan, clock: PauseClock,
     clock.mark("resume")
     log.debug("pause: %s", clock)
     if output.staged:
-        output.write_staged(file_regions(plan, writer.data_start, zeros, inside=False))
+        regions = file_regions(plan, writer.data_start, zeros, inside=False)
+        output.write_staged(regions, advance)
+        if advance:    # the never-touched memory is not written again
+            advance(max(0, plan.total_bytes - sum(length for _, length in regions)))
     return writer.finish(), writer.copied_pieces()
 
 

@@ -109,9 +109,11 @@ def test_write_out_puts_every_byte_where_the_mapping_had_it(tmp_path, monkeypatc
         pattern = bytes(range(251)) * (size // 251 + 1)
         staging.mapping[:] = pattern[:size]
         regions = [(0, 4096), (4096 + 17, 70_000), (200_000, 1 << 20), ((2 << 20) - 5, 1000)]
+        told = []
         with caplog.at_level(logging.DEBUG, logger="minidumper.output_staging"):
-            staging.write_out(regions, fd)
+            staging.write_out(regions, fd, told.append)
         staging.close()
+        assert sum(told) == sum(length for _, length in regions)    # what a progress bar is told
         written = path.read_bytes()
     finally:
         os.close(fd)
