@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     goal_list = report.goals(summary, copy_rates)
     print(report.text(summary, ratio_values, goal_list, arguments.rounds))
     if arguments.markdown:
+        Path(arguments.markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(arguments.markdown).write_text(report.markdown(summary, ratio_values, goal_list))
     if arguments.json:
         Path(arguments.json).parent.mkdir(parents=True, exist_ok=True)
