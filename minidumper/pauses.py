@@ -177,8 +177,8 @@ def _written_since(holes: list[tuple[int, int]], zeros: list[tuple[int, int]]) -
 
 def _copy_then_walk(pid: int, output: OutputFile, mode: DumpMode, progress: DumpProgress | None,
                     clr: ClrWalk, known: Knowledge, copy_path: str, pause_timeout: float) -> _Attempt:
-    """One short pause, then the walk on its copy; or, where threads started since the CLR was
-    last walked, the CLR walked in this pause."""
+    """One short pause, then the walk on its copy. Threads started since the CLR was last
+    walked have their stacks walked in the pause first."""
     from clrmd_bridge import MemoryCopy, threads_depth
 
     # What can be known before the pause is not worked out in it.
@@ -269,15 +269,17 @@ def _walk_held(paused, snapshot: ProcessSnapshot, clock: PauseClock, output: Out
     # While the bridge's process walks the CLR, this one plans the rest.
     native_ranges = select.native_part(snapshot, mode, paused.memory.read)
     clock.mark("native plan")
-    clr_ranges = list(known_ranges or [])
-    if clr and known_ranges is not None:
+    if clr is None:
+        clr_ranges = []
+    elif known_ranges is None:
+        clr_ranges = clr.finish_walk()
+    else:
+        clr_ranges = list(known_ranges)
         try:
             clr_ranges += clr.finish_walk()
         except ClrReadFailedError as error:
-            # Only the threads' part is lost: the walk on the copy finds it lacking.
+            # Only the new threads' part is lost: the walk on the copy finds it lacking.
             log.debug("the walk of the new threads failed: %s", error.__cause__ or error)
-    elif clr:
-        clr_ranges = clr.finish_walk()
     clock.mark("CLR walk")
     plan = select.select(snapshot, mode, paused.memory.read, clr_ranges, native_ranges)
     return plan, _copy(paused, snapshot, plan, clock, output, progress, prepared,
