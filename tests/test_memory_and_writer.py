@@ -54,18 +54,10 @@ def test_fill_many_reads_batches_and_keeps_what_is_readable_around_a_hole(tmp_pa
     # every piece before and after it is read whole, and it keeps its readable page.
     own = bytes(range(256)) * (1200 * 16)    # 1200 pages of our own memory
     with three_pages_two_faulting(tmp_path) as hole:
-        memory = ProcessMemory(os.getpid())
         base = _buffer_address(own)
         wanted = [(base + i * PAGE_SIZE, base + i * PAGE_SIZE + 100) for i in range(1100)]
         wanted.insert(700, (hole, hole + 3 * PAGE_SIZE))
-        size = sum(end - start for start, end in wanted)
-        destination = bytearray(size)
-        with address_of(destination) as pointer:
-            pieces, offset = [], 0
-            for start, end in wanted:
-                pieces.append((start, end, pointer + offset))
-                offset += end - start
-            runs = list(memory.fill_many(pieces))
+        runs, destination = _fill_many_into_one_buffer(wanted)
         assert [index for index, _, _ in runs] == list(range(len(wanted)))
         assert runs[700] == (700, hole, PAGE_SIZE)
         assert all(length == 100 for index, _, length in runs if index != 700)
@@ -85,32 +77,36 @@ def test_a_large_copy_shared_between_threads_reads_as_one_thread_reads_it(tmp_pa
         wanted = [(base, base + (40 << 20) + 123), (hole, hole + 3 * PAGE_SIZE),
                   (base + (40 << 20) + 123, base + (96 << 20))]
         wanted += [(base + i * PAGE_SIZE, base + i * PAGE_SIZE + 64) for i in range(0, 3000, 7)]
-        size = sum(end - start for start, end in wanted)
-        copies = {}
-        for workers in (1, 3):
-            destination = bytearray(size)
-            with address_of(destination) as pointer:
-                pieces, offset = [], 0
-                for start, end in wanted:
-                    pieces.append((start, end, pointer + offset))
-                    offset += end - start
-                runs = list(ProcessMemory(os.getpid()).fill_many(pieces, workers))
-            copies[workers] = (runs, destination)
-        (one_runs, one_bytes), (shared_runs, shared_bytes) = copies[1], copies[3]
+        one_runs, one_bytes = _fill_many_into_one_buffer(wanted)
+        shared_runs, shared_bytes = _fill_many_into_one_buffer(wanted, workers=3)
         assert _coalesced(shared_runs) == _coalesced(one_runs)
         assert [i for i, _, _ in shared_runs] == sorted(i for i, _, _ in shared_runs)
         assert (1, hole, PAGE_SIZE) in shared_runs and (1, hole, PAGE_SIZE) in one_runs
         assert shared_bytes == one_bytes
-        assert shared_bytes[:1 << 20] == own[:1 << 20] and shared_bytes[-64:] == own[2996 * PAGE_SIZE:2996 * PAGE_SIZE + 64]
+        assert shared_bytes[:1 << 20] == own[:1 << 20]
+        assert shared_bytes[-64:] == own[2996 * PAGE_SIZE:2996 * PAGE_SIZE + 64]
 
         # A reading given up after its first run stops and joins its helpers.
         before = threading.active_count()
-        destination = bytearray(size)
+        destination = bytearray(96 << 20)
         with address_of(destination) as pointer:
             reading = ProcessMemory(os.getpid()).fill_many([(base, base + (96 << 20), pointer)], 3)
             next(reading)
             reading.close()
         assert threading.active_count() == before
+
+
+def _fill_many_into_one_buffer(wanted, workers=1):
+    """fill_many() of our own (start, end) ranges, laid one after the other in a new buffer:
+    its runs, and the buffer."""
+    destination = bytearray(sum(end - start for start, end in wanted))
+    with address_of(destination) as pointer:
+        pieces, offset = [], 0
+        for start, end in wanted:
+            pieces.append((start, end, pointer + offset))
+            offset += end - start
+        runs = list(ProcessMemory(os.getpid()).fill_many(pieces, workers))
+    return runs, destination
 
 
 def _coalesced(runs):
