@@ -21,18 +21,6 @@ log = logging.getLogger(__name__)
 
 DEPTHS = ("mini", "heap", "layout")
 THREADS_DEPTH_PREFIX = "threads:"
-
-
-def threads_depth(thread_ids) -> str:
-    """The depth that walks only these threads' stacks (the ids the CLR knows them by)."""
-    return THREADS_DEPTH_PREFIX + ",".join(str(tid) for tid in sorted(thread_ids))
-
-
-def _valid_depth(depth: str) -> bool:
-    if depth in DEPTHS:
-        return True
-    ids = depth.removeprefix(THREADS_DEPTH_PREFIX)
-    return ids != depth and all(tid.isdigit() for tid in ids.split(",") if tid)
 USER_REGS_SIZE = 27 * 8     # struct user_regs_struct on x86-64 Linux, as NT_PRSTATUS holds it
 
 # Kind names of ClrMemory, in ClrMD's vocabulary.
@@ -103,6 +91,18 @@ class MemoryCopy:
 
     path: str
     pieces: list[tuple[int, int, int]]
+
+
+def threads_depth(thread_ids) -> str:
+    """The depth that walks only these threads' stacks (the ids the CLR knows them by)."""
+    return THREADS_DEPTH_PREFIX + ",".join(str(tid) for tid in sorted(thread_ids))
+
+
+def _valid_depth(depth: str) -> bool:
+    if depth in DEPTHS:
+        return True
+    ids = depth.removeprefix(THREADS_DEPTH_PREFIX)
+    return ids != depth and all(tid.isdigit() for tid in ids.split(",") if tid)
 
 
 def read_clr(pid: int, thread_registers: dict[int, bytes], depth: str, *,
