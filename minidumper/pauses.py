@@ -20,12 +20,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from minidumper import targets
+from minidumper import targets, untouched_memory
 from minidumper.clr_walk import ClrWalk
 from minidumper.errors import ClrReadFailedError, TargetExitedError
-from minidumper.model import PAGE_SIZE, DumpMode, DumpPlan, Mapping, MemoryRange, ProcessSnapshot
+from minidumper.model import PAGE_SIZE, DumpMode, DumpPlan, MemoryRange, ProcessSnapshot
 from minidumper.output import OutputFile
 from minidumper.plan import modes, select
+from minidumper.untouched_memory import LookAhead, look_ahead, untouched, untouched_since
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def _write_planned_ahead(pid: int, output: OutputFile, mode: DumpMode,
     plan = select.select_ahead(mode, prepared)
     holes = only = None
     if plan is not None:
-        holes = _untouched(pid, plan.ranges, prepared.anonymous, prepared.mappings)
+        holes = untouched(pid, plan.ranges, prepared.anonymous, prepared.mappings)
         only = core_writer.file_regions(plan, core_writer.data_start(plan, prepared.mappings), holes, inside=False)
     reserve(output, expected, only)
     with _paused(pid, pause_timeout) as (paused, snapshot, clock):
@@ -155,26 +156,6 @@ def _write_planned_ahead(pid: int, output: OutputFile, mode: DumpMode,
     return Written(snapshot, plan, size, paused.paused_seconds)
 
 
-def _written_since(holes: list[tuple[int, int]], zeros: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The parts of the sorted runs never written before the pause (holes) that the pause found
-    written (not in the sorted zeros)."""
-    written = []
-    index = 0
-    for start, end in holes:
-        at = start
-        while index < len(zeros) and zeros[index][1] <= at:
-            index += 1
-        probe = index
-        while probe < len(zeros) and zeros[probe][0] < end:
-            if zeros[probe][0] > at:
-                written.append((at, zeros[probe][0]))
-            at = max(at, zeros[probe][1])
-            probe += 1
-        if at < end:
-            written.append((at, end))
-    return written
-
-
 def _copy_then_walk(pid: int, output: OutputFile, mode: DumpMode, progress: DumpProgress | None,
                     clr: ClrWalk, known: Knowledge, copy_path: str, pause_timeout: float) -> _Attempt:
     """One short pause, then the walk on its copy. Threads started since the CLR was last
@@ -183,7 +164,7 @@ def _copy_then_walk(pid: int, output: OutputFile, mode: DumpMode, progress: Dump
 
     # What can be known before the pause is not worked out in it.
     prepared = _prepare(pid, mode, known.clr_ranges)
-    looked_ahead = _look_ahead(pid, prepared)
+    looked_ahead = look_ahead(pid, prepared)
     with _paused(pid, pause_timeout) as (paused, snapshot, clock):
         # New threads' CLR objects are in memory that no walk has seen. The walk on the copy
         # would read them from the running target, where a short-lived thread's are gone by
@@ -294,7 +275,7 @@ def _copy(paused, snapshot: ProcessSnapshot, plan: DumpPlan, clock: PauseClock,
     """The planned memory into the output, the target resumed, the headers written. Returns the
     file's size, and where the memory lies in it (CoreWriter.copied_pieces). holes: the memory
     whose place in the file was left a hole (never written when looked at before the pause).
-    looked_ahead: pagemap's look at the prepared plan before the pause (_look_ahead)."""
+    looked_ahead: pagemap's look at the prepared plan before the pause (look_ahead)."""
     from minidumper.engines.linux.core_writer import CoreWriter, file_regions
     from minidumper.engines.linux.memory import address_of, copy_workers
 
@@ -319,15 +300,16 @@ def _copy(paused, snapshot: ProcessSnapshot, plan: DumpPlan, clock: PauseClock,
     else:
         anonymous = prepared.anonymous if prepared and prepared.fits(snapshot) else None
         if anonymous is not None and looked_ahead is not None:
-            zeros = _untouched_since(paused.memory.pid, plan.ranges, anonymous, looked_ahead)
+            zeros = untouched_since(paused.memory.pid, plan.ranges, anonymous, looked_ahead)
         else:
-            zeros = _untouched(paused.memory.pid, plan.ranges, anonymous, snapshot.mappings)
+            zeros = untouched(paused.memory.pid, plan.ranges, anonymous, snapshot.mappings)
     clock.mark("untouched pages")
     log.debug("%d MiB never touched: written as zeros, not read",
               sum(end - start for start, end in zeros) >> 20)
     if holes:
         # Written since it was looked at: its place in the file gets its blocks first.
-        output.allocate(file_regions(plan, writer.data_start, _written_since(holes, zeros), inside=True))
+        written = untouched_memory.written_since(holes, zeros)
+        output.allocate(file_regions(plan, writer.data_start, written, inside=True))
     # The target's memory goes straight into the file's pages: one copy, then resume.
     with address_of(mapping) as destination:
         writer.fill(paused.memory, destination, advance, zeros, copy_workers())
@@ -341,58 +323,6 @@ def _copy(paused, snapshot: ProcessSnapshot, plan: DumpPlan, clock: PauseClock,
         if advance:    # the never-touched memory is not written again
             advance(max(0, plan.total_bytes - sum(length for _, length in regions)))
     return writer.finish(), writer.copied_pieces()
-
-
-def _untouched(pid: int, ranges: list[MemoryRange], anonymous: list[MemoryRange] | None,
-               mappings: list[Mapping] | None) -> list[tuple[int, int]]:
-    """The private anonymous memory of the ranges that was never touched: zeros, not read (most
-    of a thousand threads' stack reservations in a full dump). anonymous: anonymous_extents() of
-    the mappings, where known already."""
-    from minidumper.engines.linux import pagemap
-
-    return pagemap.untouched(pid, _worth_a_look(ranges, anonymous, mappings))
-
-
-def _worth_a_look(ranges: list[MemoryRange], anonymous: list[MemoryRange] | None,
-                  mappings: list[Mapping] | None = None) -> list[tuple[int, int]]:
-    """The runs of the ranges that pagemap may find untouched: private anonymous (anonymous, or
-    worked out from the mappings), long enough."""
-    from minidumper.engines.linux import pagemap
-
-    long_enough = [r for r in ranges if r.size >= pagemap.MIN_RUN_PAGES * PAGE_SIZE]
-    if not long_enough:
-        return []
-    if anonymous is None:
-        anonymous = select.anonymous_extents(mappings)
-    return [(r.start, r.end) for r in select.clip_to(long_enough, anonymous)]
-
-
-@dataclass
-class LookAhead:
-    """pagemap read before the pause for the runs looked at (sorted), and what it found never
-    touched then. Memory touched then stays touched (or reads as zeros): in the pause only the
-    runs untouched then, and the plan's memory outside looked, are looked at again."""
-
-    looked: list[tuple[int, int]]
-    untouched: list[tuple[int, int]]
-
-
-def _look_ahead(pid: int, prepared: select.Prepared) -> LookAhead:
-    """pagemap's look at the memory planned before the pause (a 4 GiB heap: 60 ms of a pause)."""
-    from minidumper.engines.linux import pagemap
-
-    looked = _worth_a_look(prepared.planned, prepared.anonymous)
-    return LookAhead(looked, pagemap.untouched(pid, looked))
-
-
-def _untouched_since(pid: int, ranges: list[MemoryRange], anonymous: list[MemoryRange],
-                     ahead: LookAhead) -> list[tuple[int, int]]:
-    """_untouched(), in the pause, of a plan whose memory was looked at ahead."""
-    from minidumper.engines.linux import pagemap
-
-    again = pagemap.untouched(pid, ahead.untouched)
-    outside = select.subtract(ranges, [MemoryRange(start, end) for start, end in ahead.looked])
-    return sorted(again + _untouched(pid, outside, anonymous, None))
 
 
 class PauseClock:
