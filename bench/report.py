@@ -9,7 +9,8 @@ from common import MIB
 from measure import COUNTERPART, CREATEDUMP, DumpRecord
 
 FIELDS = ("size_bytes", "wall_seconds", "pause_seconds", "extra_gaps", "extra_gap_seconds",
-          "steal_seconds", "cpu_seconds", "peak_rss_mib", "self_paused_seconds", "proc_pause_seconds")
+          "steal_seconds", "cpu_seconds", "peak_rss_mib", "self_paused_seconds",
+          "proc_pause_seconds")
 RATIO_FIELDS = (("size", "size_bytes"), ("pause", "pause_seconds"), ("wall", "wall_seconds"),
                 ("CPU", "cpu_seconds"), ("peak RSS", "peak_rss_mib"))
 
@@ -104,7 +105,8 @@ def table_rows(summary: dict) -> list[list[str]]:
                      _f(e["size_bytes"], ".1f", 1 / MIB), _f(e["pause_seconds"], ".1f", 1000),
                      _f(e["wall_seconds"], ".2f"), _f(e["cpu_seconds"], ".2f"),
                      _f(e["peak_rss_mib"], ".0f"), _f(e["extra_gaps"], ".0f"),
-                     _f(e["steal_seconds"], ".0f", 1000), _f(e["self_paused_seconds"], ".1f", 1000)])
+                     _f(e["steal_seconds"], ".0f", 1000),
+                     _f(e["self_paused_seconds"], ".1f", 1000)])
     return rows
 
 

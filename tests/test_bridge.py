@@ -76,7 +76,8 @@ def readouts(heap_fixture: int) -> Iterator[dict[str, object]]:
             started = time.perf_counter()
             results[depth] = clrmd_bridge.read_clr(pid, registers, depth)
             results[f"{depth}_seconds"] = time.perf_counter() - started
-        results["main thread"] = clrmd_bridge.read_clr(pid, registers, clrmd_bridge.threads_depth([pid]))
+        results["main thread"] = clrmd_bridge.read_clr(pid, registers,
+                                                       clrmd_bridge.threads_depth([pid]))
     state, tracer = process_state(pid)
     assert tracer == 0 and state != "t", "the target was left stopped"
     yield results

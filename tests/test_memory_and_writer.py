@@ -259,8 +259,9 @@ def test_memory_never_touched_is_zeros_in_the_core_without_being_read(tmp_path, 
         asked: list[tuple[int, int]] = []
         read_many = ProcessMemory.fill_many
         monkeypatch.setattr(ProcessMemory, "fill_many",
-                            lambda self, pieces, workers=1: (asked.extend((s, e) for s, e, _ in pieces),
-                                                             read_many(self, pieces, workers))[1])
+                            lambda self, pieces, workers=1: (
+                                asked.extend((s, e) for s, e, _ in pieces),
+                                read_many(self, pieces, workers))[1])
         core = tmp_path / "sparse.core"
         minidumper.write_dump(child.pid, str(core), DumpMode.FULL)
         read_of_it = sum(max(0, min(e, address + size) - max(s, address)) for s, e in asked)
