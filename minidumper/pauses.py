@@ -20,13 +20,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from minidumper import targets, untouched_memory
+from minidumper import targets
 from minidumper.clr_walk import ClrWalk
 from minidumper.errors import ClrReadFailedError, TargetExitedError
 from minidumper.model import PAGE_SIZE, DumpMode, DumpPlan, MemoryRange, ProcessSnapshot
 from minidumper.output import OutputFile
 from minidumper.plan import modes, select
-from minidumper.untouched_memory import LookAhead, look_ahead, untouched, untouched_since
+from minidumper.untouched_memory import (
+    LookAhead, look_ahead, untouched, untouched_since, written_since)
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +309,7 @@ def _copy(paused, snapshot: ProcessSnapshot, plan: DumpPlan, clock: PauseClock,
               sum(end - start for start, end in zeros) >> 20)
     if holes:
         # Written since it was looked at: its place in the file gets its blocks first.
-        written = untouched_memory.written_since(holes, zeros)
+        written = written_since(holes, zeros)
         output.allocate(file_regions(plan, writer.data_start, written, inside=True))
     # The target's memory goes straight into the file's pages: one copy, then resume.
     with address_of(mapping) as destination:

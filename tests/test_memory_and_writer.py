@@ -295,7 +295,7 @@ def test_memory_written_after_the_look_before_the_pause_is_in_the_core(tmp_path,
     """Full mode leaves the file's place of memory never written a hole, from a look before the
     pause. Memory written between that look and the pause gets its blocks in the pause and is
     read: here the look is made to say the whole region was never written."""
-    from minidumper import untouched_memory
+    from minidumper import pauses
     from minidumper.engines.linux import pagemap
 
     size = 64 << 20
@@ -315,14 +315,14 @@ def test_memory_written_after_the_look_before_the_pause_is_in_the_core(tmp_path,
 
         monkeypatch.setattr(pagemap, "untouched", first_look_sees_nothing_written)
         allocated = []
-        real_written_since = untouched_memory.written_since
+        real_written_since = pauses.written_since
 
         def recording_written_since(holes, zeros):
             found = real_written_since(holes, zeros)
             allocated.extend(found)
             return found
 
-        monkeypatch.setattr(untouched_memory, "written_since", recording_written_since)
+        monkeypatch.setattr(pauses, "written_since", recording_written_since)
         core = tmp_path / "late.core"
         minidumper.write_dump(child.pid, str(core), DumpMode.FULL)
         assert len(looks) == 2
